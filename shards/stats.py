@@ -3,6 +3,7 @@
 Shape letters: `n` models, `d` feature dim, `r` covariance rank, `m` reservoir samples.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,3 +158,48 @@ def summarise_models(
         reservoir_counts=reservoir_counts,
         thumbnails=tuple(s.thumbnails for s in ordered),
     )
+
+
+def concat_shards(parts: list[ShardStats]) -> ShardStats:
+    """All models of `parts` in one ShardStats, rows re-sorted by id.
+
+    Raises:
+        ValueError: the parts disagree on dim, rank, reservoir size or full covariances.
+    """
+    parts = [p for p in parts if p.num_models]
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    shapes = {(p.dim, p.rank, p.reservoir.shape[1], p.covs is None) for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"shards disagree on (dim, rank, reservoir, no full cov): {shapes}")
+    ids = sum((p.ids for p in parts), ())
+    if len(set(ids)) != len(ids):
+        raise ValueError("a model id appears in more than one part")
+    order = np.argsort(np.array(ids, dtype=object), kind="stable")
+
+    def stack(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])[order]
+
+    def chain(name: str) -> tuple:
+        joined = sum((tuple(getattr(p, name)) for p in parts), ())
+        return tuple(joined[i] for i in order) if joined else ()
+
+    return ShardStats(
+        ids=chain("ids"),
+        metadata=chain("metadata"),
+        fingerprints=chain("fingerprints"),
+        counts=stack("counts"),
+        means=stack("means"),
+        eigvals=stack("eigvals"),
+        eigvecs=stack("eigvecs"),
+        residuals=stack("residuals"),
+        covs=None if parts[0].covs is None else stack("covs"),
+        reservoir=stack("reservoir"),
+        reservoir_counts=stack("reservoir_counts"),
+        thumbnails=chain("thumbnails"),
+    )
+
+
+def with_metadata(stats: ShardStats, metadata: dict[str, dict[str, Any]]) -> ShardStats:
+    """`stats` with each model's catalog metadata replaced by `metadata[model_id]`."""
+    return dataclasses.replace(stats, metadata=tuple(metadata[i] for i in stats.ids))
