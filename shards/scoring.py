@@ -214,6 +214,15 @@ METHODS: dict[str, Kernel] = {
 }
 
 
+def probability_temperature(method: str, tau: float) -> float:
+    """The temperature that turns a method's scores into log-likelihoods up to a constant.
+
+    Cosine similarities need 1/τ, as CLIP's logits do; every other score is already a
+    log-likelihood (or its closed-form surrogate), so p(model | q) = softmax(score / T).
+    """
+    return tau if method == "first_moment" else 1.0
+
+
 def score(tables: ScoringTables, method: str, queries: torch.Tensor) -> torch.Tensor:
     """Scores (q, n) of a (q, d) query block by `method`; NaN (degenerate model) becomes −inf."""
     try:

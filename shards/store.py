@@ -304,12 +304,7 @@ def load_shard(root: str | Path, manifest: Manifest, position: int) -> ShardStat
         data = path.read_bytes()
     except FileNotFoundError:
         raise StoreError(f"shard file {path} listed in the manifest is missing") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != entry.sha256:
-        raise StoreError(
-            f"shard file {path} fails its checksum: sha256 {actual[:16]}..., manifest says "
-            f"{entry.sha256[:16]}...; the index is corrupt, re-run `modelseek index`"
-        )
+    _check_digest(path, hashlib.sha256(data).hexdigest(), entry.sha256)
     stats = table_to_shard(pq.read_table(pa.BufferReader(data)))
     logger.info(
         "loaded shard %s: %d models in %.2f s",
@@ -325,3 +320,25 @@ def split_contiguous(num_items: int, num_parts: int) -> list[slice]:
     num_parts = max(1, min(num_parts, num_items))
     bounds = np.linspace(0, num_items, num_parts + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def verify_index(root: str | Path, manifest: Manifest) -> None:
+    """Check every shard file of `manifest` against its sha256 without parsing it.
+
+    Raises:
+        StoreError: naming the first file that is missing or fails its checksum.
+    """
+    folder = version_dir(Path(root), manifest.version)
+    for entry in manifest.shards:
+        path = folder / entry.file
+        if not path.exists():
+            raise StoreError(f"shard file {path} listed in the manifest is missing")
+        _check_digest(path, _sha256_file(path), entry.sha256)
+
+
+def _check_digest(path: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise StoreError(
+            f"shard file {path} fails its checksum: sha256 {actual[:16]}..., manifest says "
+            f"{expected[:16]}...; the index is corrupt, re-run `modelseek index`"
+        )

@@ -1,0 +1,1 @@
+"""The Ray Serve application of Modelseek: ingress, encoder, aggregator, and their wiring."""
