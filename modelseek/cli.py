@@ -1,0 +1,316 @@
+"""The `modelseek` command: index a catalog, serve an index, query a service, run the demo."""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelseek.config import IndexConfig, ServeConfig, with_env_overrides
+from modelseek.errors import ModelseekError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEMO_DIR = Path(os.environ.get("MODELSEEK_DEMO_DIR", "~/.modelseek/demo")).expanduser()
+# The app is loaded by its import path, as `serve run deployments.app:build_app` loads it,
+# so the CLI and a Serve config file start exactly the same application.
+APP_IMPORT_PATH = "deployments.app"
+DEMO_QUERIES = (
+    ("text", "a human face portrait"),
+    ("text", "handwritten digit seven"),
+    ("text", "a photo of a cat"),
+    ("image", "face-dcgan"),
+    ("image", "mnist-digit-3"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except (ModelseekError, FileNotFoundError, ValueError) as err:
+        print(f"modelseek {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelseek", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="sample, encode and summarise a catalog's models")
+    index.add_argument("--catalog", required=True, type=Path, help="catalog YAML file")
+    index.add_argument("--index", required=True, type=Path, help="index root folder")
+    _add_encoder_arg(index)
+    _add_index_args(index)
+    index.set_defaults(run=run_index)
+
+    serve = commands.add_parser("serve", help="serve an index over HTTP until Ctrl-C")
+    serve.add_argument("--index", required=True, type=Path, help="index root folder")
+    serve.add_argument("--encoder", help="must match the index; default: the index's own")
+    _add_serve_args(serve)
+    serve.set_defaults(run=run_serve)
+
+    query = commands.add_parser("query", help="ask a running service")
+    query.add_argument("text", nargs="?", help="query text")
+    query.add_argument("--image", type=Path, help="query image file (instead of text)")
+    query.add_argument("--k", type=int, default=5)
+    query.add_argument("--method", help="scoring method; default depends on the modality")
+    query.add_argument("--url", default=DEFAULT_URL)
+    query.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    query.set_defaults(run=run_query)
+
+    demo = commands.add_parser("demo", help="index the built-in zoo, serve it, show answers")
+    demo.add_argument("--data-dir", type=Path, default=DEMO_DIR)
+    demo.add_argument("--encoder", help="default: CLIP ViT-B-32 if cached, else hermetic")
+    demo.add_argument("--exit", action="store_true", help="stop after the example queries")
+    _add_index_args(demo)
+    _add_serve_args(demo)
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _add_encoder_arg(parser: argparse.ArgumentParser) -> None:
+    from modelseek.features import DEFAULT_ENCODER
+
+    parser.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        help="feature space: 'clip:MODEL:PRETRAINED_TAG', 'clip:MODEL:/path/checkpoint', or "
+        f"'hermetic' (tiny random-weight model for tests); default {DEFAULT_ENCODER}",
+    )
+
+
+def _add_index_args(parser: argparse.ArgumentParser) -> None:
+    d = IndexConfig()
+    parser.add_argument(
+        "--samples", type=int, default=d.samples_per_model, help="images sampled per model"
+    )
+    parser.add_argument("--chunk-size", type=int, default=d.chunk_size, help="images per Ray task")
+    parser.add_argument("--shards", type=int, default=d.num_shards, help="number of shards")
+    parser.add_argument("--rank", type=int, default=d.lowrank_rank, help="covariance rank r")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--ray-address", help="an existing Ray cluster; default: start one")
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    d = ServeConfig()
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--port", type=int, default=d.port)
+    if not any(a.dest == "ray_address" for a in parser._actions):
+        parser.add_argument("--ray-address", help="an existing Ray cluster; default: start one")
+
+
+def index_config(args: argparse.Namespace) -> IndexConfig:
+    for name in ("samples", "chunk_size", "shards", "rank"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cfg = replace(
+        IndexConfig(),
+        samples_per_model=args.samples,
+        chunk_size=args.chunk_size,
+        num_shards=args.shards,
+        lowrank_rank=args.rank,
+        seed=args.seed,
+    )
+    return with_env_overrides(cfg, "INDEX")
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+
+
+def shutdown_ray() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from actors.indexing import build_index
+
+    cfg = index_config(args)
+    init_ray(args.ray_address)
+    try:
+        report = build_index(
+            args.catalog,
+            args.index,
+            args.encoder,
+            cfg,
+            progress=not args.no_progress,
+            on_progress=print,
+        )
+    finally:
+        shutdown_ray()
+    _print_index_report(report)
+    return 0
+
+
+def _print_index_report(report: Any) -> None:
+    if report.published:
+        print(
+            f"published index version {report.version}: {report.models_total} models, "
+            f"{report.models_sampled} sampled, {report.images_encoded} images encoded "
+            f"in {report.seconds:.1f} s"
+        )
+    else:
+        print(f"index version {report.version} is up to date ({report.seconds:.1f} s)")
+
+
+def start_service(index: Path, encoder: str | None, host: str, port: int) -> None:
+    """Deploy the Serve application for `index` on a running Ray and wait until it is ready."""
+    from ray import serve
+
+    build_app = importlib.import_module(APP_IMPORT_PATH).build_app
+    app = build_app(
+        {"index_root": str(index), "encoder": encoder, "serve": {"host": host, "port": port}}
+    )
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name="modelseek", route_prefix="/")
+
+
+def wait_for_ctrl_c(url: str) -> None:
+    print(f"serving on {url} (web page at {url}/, API at {url}/v1/search); Ctrl-C stops")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("stopping")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    init_ray(args.ray_address)
+    try:
+        start_service(args.index, args.encoder, args.host, args.port)
+        wait_for_ctrl_c(f"http://{args.host}:{args.port}")
+    finally:
+        shutdown_ray()
+    return 0
+
+
+def search_http(
+    url: str,
+    text: str | None,
+    image: Path | None,
+    k: int,
+    method: str | None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """POST one query to a running service; raise ModelseekError with its message on 4xx/5xx."""
+    if (text is None) == (image is None):
+        raise ValueError("give a query text or --image PATH, not both or neither")
+    data = {"k": str(k), **({"method": method} if method else {})}
+    with httpx.Client(timeout=timeout_s) as client:
+        if image is not None:
+            files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
+            answer = client.post(f"{url}/v1/search", data=data, files=files)
+        else:
+            answer = client.post(f"{url}/v1/search", json={**data, "k": k, "text": text})
+    body = answer.json()
+    if answer.status_code >= 400:
+        error = body.get("error", {})
+        raise ModelseekError(
+            f"HTTP {answer.status_code} {error.get('code')}: {error.get('message')}"
+        )
+    return body
+
+
+def print_results(body: dict[str, Any]) -> None:
+    query = body["query"]
+    label = query["text"] if query["modality"] == "text" else "(image)"
+    print(
+        f"\n{query['modality']} query {label!r}, method {body['method']}, "
+        f"index {body['index_version']}, {body['timings_ms']['total']:.1f} ms"
+    )
+    for row in body["results"]:
+        print(
+            f"  {row['rank']:>2}. {row['model_id']:<24} p={row['probability']:.3f} "
+            f"score={row['score']:.4g}  {row['name']}"
+        )
+    for shard in body["missing_shards"]:
+        print(f"  warning: shard {shard['shard']} ({shard['models']} models) did not answer")
+
+
+def run_query(args: argparse.Namespace) -> int:
+    try:
+        body = search_http(args.url, args.text, args.image, args.k, args.method)
+    except httpx.HTTPError as err:
+        print(f"modelseek query: cannot reach {args.url}: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print_results(body)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from actors.indexing import build_index
+    from modelseek.demo.prepare import prepare_demo, sample_query_image
+    from modelseek.features import pick_demo_encoder
+
+    catalog = prepare_demo(args.data_dir)
+    encoder = args.encoder or pick_demo_encoder()
+    index_root = args.data_dir / "index"
+    url = f"http://{args.host}:{args.port}"
+    init_ray(args.ray_address)
+    try:
+        report = build_index(
+            catalog,
+            index_root,
+            encoder,
+            index_config(args),
+            progress=not args.no_progress,
+            on_progress=print,
+        )
+        _print_index_report(report)
+        start_service(index_root, encoder, args.host, args.port)
+        for modality, value in DEMO_QUERIES:
+            if modality == "text":
+                print_results(search_http(url, value, None, 5, None))
+            else:
+                image = sample_query_image(catalog, value, args.data_dir / "queries")
+                print(f"\n(image sampled from {value!r} with a seed not used for indexing)")
+                print_results(search_http(url, None, image, 5, None))
+        if not args.exit:
+            wait_for_ctrl_c(url)
+    finally:
+        shutdown_ray()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
