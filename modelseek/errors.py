@@ -67,3 +67,10 @@ class ShardUnavailable(ModelseekError):
 
     code = "shard_unavailable"
     http_status = 503
+
+
+class EncoderUnavailable(ModelseekError):
+    """An encoder cannot be built: weights neither cached nor downloadable, a bad checkpoint."""
+
+    code = "encoder_unavailable"
+    http_status = 503
