@@ -1,0 +1,1 @@
+"""The built-in demo zoo: real models and images that installed packages ship, used offline."""
