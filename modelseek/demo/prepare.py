@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modelseek.catalog import load_catalog
 from modelseek.errors import CatalogError
+from modelseek.images import image_to_png_bytes
+from modelseek.sources import open_source
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +22,8 @@ MNIST_DIGITS = tuple(range(10))
 MNIST_SIDE = 28
 MNIST_PER_DIGIT = 500
 CATALOG_TEMPLATE = "catalog.yaml"
+# Indexing seeds its chunks from IndexConfig.seed (0 by default); demo queries use another.
+QUERY_SEED = 20_240_531
 
 
 def prepare_demo(data_dir: Path) -> Path:
@@ -57,6 +62,29 @@ def prepare_demo(data_dir: Path) -> Path:
 
     template = importlib.resources.files("modelseek.demo").joinpath(CATALOG_TEMPLATE)
     return _write_if_changed(data_dir / "catalog.yaml", template.read_bytes())
+
+
+def sample_query_image(
+    catalog_path: Path, model_id: str, out_dir: Path, seed: int = QUERY_SEED
+) -> Path:
+    """Draw one image from a catalog model and save it as a PNG, to use as a demo query.
+
+    A python source gives an image the index never saw. A folder source can only give one of
+    its files, which the index has seen when the folder holds no more than
+    `samples_per_model` images (the MNIST folders: 500 each).
+
+    Returns:
+        `out_dir/<model_id>-<seed>.png`, written atomically.
+
+    Raises:
+        CatalogError: the catalog is invalid, lacks `model_id`, or its source fails.
+    """
+    catalog = load_catalog(catalog_path)
+    source = open_source(catalog.get(model_id), catalog.base_dir)
+    image = source.load_chunk(0, 1, seed)[0]
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _write_if_changed(Path(out_dir) / f"{model_id}-{seed}.png", image_to_png_bytes(image))
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -107,5 +135,5 @@ def _write_if_changed(path: Path, content: bytes) -> Path:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.write_bytes(content)
     os.replace(staging, path)
-    logger.info("wrote demo catalog %s", path)
+    logger.info("wrote %s", path)
     return path

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from modelseek.catalog import Catalog, load_catalog
-from modelseek.demo.prepare import MNIST_PER_DIGIT, prepare_demo
+from modelseek.demo.prepare import MNIST_PER_DIGIT, QUERY_SEED, prepare_demo, sample_query_image
 from modelseek.demo.samplers import PHOTOS, face_dcgan, lfw_crops, photo_variations
 from modelseek.errors import CatalogError
+from modelseek.images import decode_image
 from modelseek.sources import open_source
 
 METADATA_FIELDS = ("name", "description", "tags", "creator", "license", "architecture")
@@ -151,3 +152,20 @@ def test_lfw_faces_and_backgrounds_differ() -> None:
     face_edges = np.abs(np.diff(faces, axis=2)).mean()
     background_edges = np.abs(np.diff(backgrounds, axis=2)).mean()
     assert face_edges > 3 * background_edges
+
+
+@pytest.mark.parametrize("model_id", ["photo-cat", "mnist-digit-3"])
+def test_query_image_is_a_png_sample_of_the_model(
+    demo_catalog_path: Path, tmp_path: Path, model_id: str
+) -> None:
+    path = sample_query_image(demo_catalog_path, model_id, tmp_path / "queries")
+
+    assert path == tmp_path / "queries" / f"{model_id}-{QUERY_SEED}.png"
+    entry = load_catalog(demo_catalog_path).get(model_id)
+    expected = open_source(entry, demo_catalog_path.parent).load_chunk(0, 1, QUERY_SEED)[0]
+    assert np.array_equal(decode_image(path.read_bytes()), expected)
+
+
+def test_query_image_of_an_unknown_model_names_it(demo_catalog_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="no model with id 'nobody'"):
+        sample_query_image(demo_catalog_path, "nobody", tmp_path)
