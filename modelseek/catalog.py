@@ -289,7 +289,7 @@ def _check_top_level(document: Any, path: Path) -> list[Any]:
             f"{path}: the top level must be a mapping with a 'models' list, "
             f"got {type(document).__name__}"
         )
-    unknown = sorted(set(document) - {"version", "models"})
+    unknown = sorted(str(key) for key in set(document) - {"version", "models"})
     if unknown:
         raise CatalogError(
             f"{path}: unknown top-level field(s) {unknown}; allowed: 'models', 'version'"
