@@ -210,6 +210,19 @@ def test_hermetic_is_identical_in_a_fresh_process(
     np.testing.assert_allclose(saved["texts"], hermetic.encode_texts(TEXTS), atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hermetic_on_gpu_matches_cpu(hermetic: features.FeatureSpace) -> None:
+    on_gpu = load_feature_space(HERMETIC_ENCODER, device="cuda")
+
+    assert on_gpu.id == hermetic.id
+    # cuDNN runs the patch-embedding convolution in TF32 by default (10-bit mantissa).
+    for encode in ("encode_images", "encode_texts"):
+        inputs = make_images(0) if encode == "encode_images" else TEXTS
+        cosine = np.sum(getattr(on_gpu, encode)(inputs) * getattr(hermetic, encode)(inputs), 1)
+        assert cosine.min() > 0.999
+
+
 def test_load_is_cached_per_spec_and_device(hermetic: features.FeatureSpace) -> None:
     assert load_feature_space("hermetic") is hermetic
     assert load_feature_space(parse_encoder_spec("hermetic"), device="cpu") is hermetic
