@@ -10,7 +10,7 @@ from deployments.encoder import Encoder
 from deployments.ingress import Ingress
 from modelseek.config import ServeConfig, with_env_overrides
 from modelseek.errors import EncoderMismatch, IndexCorrupt
-from modelseek.features import load_feature_space
+from modelseek.features import describe_feature_space
 from shards import store
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def check_encoder(manifest: store.Manifest, encoder: str | None) -> str:
     """
     if encoder is None or encoder == manifest.encoder:
         return manifest.encoder
-    requested = load_feature_space(encoder).id
+    requested = describe_feature_space(encoder)
     if requested != manifest.feature_space:
         raise EncoderMismatch(
             f"the index (version {manifest.version}) was built in feature space "

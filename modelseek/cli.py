@@ -28,7 +28,7 @@ DEMO_QUERIES = (
     ("text", "a human face portrait"),
     ("text", "handwritten digit seven"),
     ("text", "a photo of a cat"),
-    ("image", "face-dcgan"),
+    ("image", "face-dcgan-64"),
     ("image", "mnist-digit-3"),
 )
 

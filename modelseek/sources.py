@@ -207,10 +207,12 @@ def _make_sampler(model_id: str, factory: str, kwargs: dict[str, Any]) -> Any:
     create = _import_factory(model_id, factory)
     try:
         sampler = create(**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError, KeyError, OSError) as err:
+        # A factory rejects bad kwargs (an unknown photo, a missing weight file) with one of
+        # these; the user must learn which model and catalog entry to fix.
         raise CatalogError(
-            f"model {model_id!r}: calling {factory}(**{kwargs}) failed: {err}; fix the "
-            "source's kwargs in the catalog"
+            f"model {model_id!r}: calling {factory}(**{kwargs}) failed: "
+            f"{type(err).__name__}: {err}; fix the source's kwargs in the catalog"
         ) from err
     if not callable(getattr(sampler, "sample", None)):
         raise CatalogError(
