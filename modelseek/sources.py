@@ -207,7 +207,7 @@ def _make_sampler(model_id: str, factory: str, kwargs: dict[str, Any]) -> Any:
     create = _import_factory(model_id, factory)
     try:
         sampler = create(**kwargs)
-    except (TypeError, ValueError, KeyError, OSError) as err:
+    except (CatalogError, TypeError, ValueError, KeyError, OSError) as err:
         # A factory rejects bad kwargs (an unknown photo, a missing weight file) with one of
         # these; the user must learn which model and catalog entry to fix.
         raise CatalogError(
