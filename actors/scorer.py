@@ -2,6 +2,7 @@
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from shards.scoring import ScoringTables, probability_temperature, score
 from shards.topk import Hit, topk_rows
 
 logger = logging.getLogger(__name__)
+
+SCORER_NAME_PREFIX = "modelseek-scorer-"
 
 
 @dataclass(frozen=True)
@@ -106,21 +109,24 @@ class ShardScorer:
         return self._position
 
 
-def start_scorers(
-    index_root: str, version: str, num_shards: int, eps: float, tau: float, namespace_tag: str
-) -> list[ray.actor.ActorHandle]:
-    """Start one named, restartable scorer actor per shard; GPUs are shared when present."""
+def start_scorer(
+    index_root: str, version: str, position: int, num_shards: int, eps: float, tau: float
+) -> ray.actor.ActorHandle:
+    """Start the restartable scorer actor of shard `position`; GPUs are shared when present.
+
+    Ray restarts the actor after a crash (re-running `__init__`, which reloads the shard);
+    an actor killed for good is replaced by its owner with another call to this function.
+    """
     gpus = ray.cluster_resources().get("GPU", 0)
     options: dict[str, Any] = {
+        # Named so that operators (and tests) find a shard's actor; the suffix keeps a
+        # replacement, or a second aggregator replica's actor, from clashing with it.
+        "name": f"{SCORER_NAME_PREFIX}{version}-{position}-{uuid.uuid4().hex[:8]}",
         "num_cpus": 0.25,
         "num_gpus": min(1.0, gpus / num_shards) if gpus else 0,
         "max_restarts": -1,
         "max_task_retries": 2,
     }
-    actor_class = ray.remote(ShardScorer)
-    return [
-        actor_class.options(
-            name=f"modelseek-scorer-{namespace_tag}-{version}-{i}", **options
-        ).remote(index_root, version, i, eps, tau)
-        for i in range(num_shards)
-    ]
+    return (
+        ray.remote(ShardScorer).options(**options).remote(index_root, version, position, eps, tau)
+    )

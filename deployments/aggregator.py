@@ -4,7 +4,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from actors.scorer import ModelRecord, ShardAnswer, start_scorers
+from actors.scorer import ModelRecord, ShardAnswer, start_scorer
 from modelseek.errors import IndexCorrupt, NotFound
 from shards import store
 from shards.scoring import probability_temperature
@@ -88,7 +87,6 @@ class Aggregator:
         self._root = index_root
         self._eps, self._tau = eps, tau
         self._timeout_s = shard_timeout_s
-        self._tag = uuid.uuid4().hex[:8]
         self._manifest: store.Manifest | None = None
         self._scorers: list[ray.actor.ActorHandle] = []
         self._records: dict[str, ModelRecord] = {}
@@ -105,9 +103,7 @@ class Aggregator:
             manifest = store.read_manifest(self._root, version)
         except store.StoreError as err:
             raise IndexCorrupt(str(err)) from err
-        scorers = start_scorers(
-            self._root, version, len(manifest.shards), self._eps, self._tau, self._tag
-        )
+        scorers = [self._start_scorer(manifest, i) for i in range(len(manifest.shards))]
         described = await asyncio.gather(*(s.describe.remote() for s in scorers))
         old = self._scorers
         self._manifest = manifest
@@ -122,6 +118,22 @@ class Aggregator:
             len(scorers),
             time.perf_counter() - started,
         )
+
+    def _start_scorer(self, manifest: store.Manifest, position: int) -> ray.actor.ActorHandle:
+        return start_scorer(
+            self._root, manifest.version, position, len(manifest.shards), self._eps, self._tau
+        )
+
+    def _note_failure(self, scorers: list, position: int, error: BaseException) -> None:
+        """Replace a scorer that died for good; others (timeouts, restarts) heal by themselves.
+
+        `scorers` is the list the failed call used: after a version swap it is not ours.
+        """
+        logger.warning("shard %d did not answer: %r", position, error)
+        dead = isinstance(error, ray.exceptions.ActorDiedError)
+        if dead and scorers is self._scorers:
+            logger.warning("scorer of shard %d is dead; starting a new one", position)
+            self._scorers[position] = self._start_scorer(self._manifest, position)
 
     async def search(self, queries: np.ndarray, method: str, k: int) -> SearchResult:
         """Exact top k of every model for each row of `queries`, (q, d) float32."""
@@ -142,7 +154,7 @@ class Aggregator:
             ):
                 raise outcome.cause  # a bad method for this index, the same on every shard
             entry = manifest.shards[position]
-            logger.warning("shard %d missing from an answer: %r", position, outcome)
+            self._note_failure(scorers, position, outcome)
             missing.append(
                 {
                     "shard": position,
@@ -181,11 +193,14 @@ class Aggregator:
     async def health(self) -> dict[str, Any]:
         if self._manifest is None:
             await self.reconfigure({})
+        scorers = self._scorers
         pings = await asyncio.gather(
-            *(asyncio.wait_for(s.ping.remote(), self._timeout_s) for s in self._scorers),
+            *(asyncio.wait_for(s.ping.remote(), self._timeout_s) for s in scorers),
             return_exceptions=True,
         )
         down = [i for i, p in enumerate(pings) if not isinstance(p, int)]
+        for position in down:
+            self._note_failure(scorers, position, pings[position])
         return {
             "status": "degraded" if down else "ok",
             "index_version": self._manifest.version,

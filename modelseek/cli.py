@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Library warnings (e.g. the demo falling back to the hermetic encoder) read as log lines.
+    logging.captureWarnings(True)
     try:
         return args.run(args)
     except (ModelseekError, FileNotFoundError, ValueError) as err:
@@ -107,7 +109,10 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=d.lowrank_rank, help="covariance rank r")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--ray-address", help="an existing Ray cluster; default: start one")
+    parser.add_argument(
+        "--ray-address",
+        help="join this Ray cluster ('auto' or host:port); default: start a private one",
+    )
 
 
 def _add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +120,10 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=d.host)
     parser.add_argument("--port", type=int, default=d.port)
     if not any(a.dest == "ray_address" for a in parser._actions):
-        parser.add_argument("--ray-address", help="an existing Ray cluster; default: start one")
+        parser.add_argument(
+            "--ray-address",
+            help="join this Ray cluster ('auto' or host:port); default: start a private one",
+        )
 
 
 def index_config(args: argparse.Namespace) -> IndexConfig:
@@ -134,10 +142,18 @@ def index_config(args: argparse.Namespace) -> IndexConfig:
 
 
 def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address`, or start a private local one."""
     import ray
 
+    # Serve replicas and scorer actors each reserve a fraction of a CPU for as long as they
+    # live; two logical CPUs beyond the real ones keep indexing tasks (1 CPU each)
+    # schedulable beside a running service on a small machine.
+    num_cpus = None if address else (os.cpu_count() or 1) + 2
+    # "local" starts a private instance even when another Ray runs on this machine; joining
+    # one is explicit (--ray-address auto or host:port).
     ray.init(
-        address=address,
+        address=address or "local",
+        num_cpus=num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
@@ -195,8 +211,10 @@ def start_service(index: Path, encoder: str | None, host: str, port: int) -> Non
     app = build_app(
         {"index_root": str(index), "encoder": encoder, "serve": {"host": host, "port": port}}
     )
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name="modelseek", route_prefix="/")
+    # Lifecycle lines only: a line per request would drown the console under load.
+    quiet = {"log_level": "INFO", "enable_access_log": False}
+    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
+    serve.run(app, name="modelseek", route_prefix="/", logging_config=quiet)
 
 
 def wait_for_ctrl_c(url: str) -> None:

@@ -8,10 +8,22 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+log=.venv/install.log
+pip_install() {
+    # pip and setuptools chatter (build-backend notices) goes to the log; shown on failure.
+    if ! .venv/bin/python -m pip install "$@" >>"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "setup.sh: 'pip install $*' failed; the full log is $log" >&2
+        exit 1
+    fi
+}
+: >"$log"
+echo "installing into .venv (about 3 minutes the first time; log: $log)"
+pip_install --upgrade pip
 # constraints.txt pins the torch/torchvision builds that load together on these machines.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+pip_install -c constraints.txt -e '.[test]'
 # The demo's face GAN: its package declares heavy dependencies (wandb, requests) that sampling
 # does not use, so it is installed without them.
-.venv/bin/python -m pip install --quiet --no-deps gan-face-generate==1.1.1
-echo "setup done: $(.venv/bin/python -c 'import torch, ray, open_clip; print("torch", torch.__version__, "ray", ray.__version__, "open_clip", open_clip.__version__)')"
+pip_install --no-deps gan-face-generate==1.1.1
+.venv/bin/python -c 'import torch, ray, open_clip
+print(f"setup done: torch {torch.__version__}, ray {ray.__version__}, open_clip {open_clip.__version__}")'

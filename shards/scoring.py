@@ -22,7 +22,9 @@ MAX_BLOCK_ELEMENTS = 1 << 25
 
 
 def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(array), device=device, dtype=dtype)
+    # Arrays read from Arrow are read-only views, which torch refuses to share; a writable
+    # contiguous copy is made only for those.
+    return torch.as_tensor(np.require(array, requirements=["C", "W"]), device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)

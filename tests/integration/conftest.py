@@ -38,7 +38,7 @@ def write_small_catalog(demo_catalog: Path, out: Path, model_ids=SMALL_ZOO) -> P
 def ray_cluster():
     # Serve replicas and scorer actors reserve fractions of a CPU for as long as they live; with
     # the 2 real cores as 2 logical CPUs, an indexing task (1 CPU) would wait for them forever.
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
     yield
     from ray import serve
 

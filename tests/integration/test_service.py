@@ -218,3 +218,56 @@ def test_a_changed_model_is_reindexed_alone(tmp_path, zoo):
     assert report.published and report.models_sampled == 1
     changed = {i for i in after.fingerprints if after.fingerprints[i] != before.fingerprints[i]}
     assert changed == {"mnist-digit-7"}
+
+
+def scorer_actors():
+    import ray
+
+    from actors.scorer import SCORER_NAME_PREFIX
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in named
+        if a["name"].startswith(SCORER_NAME_PREFIX)
+    ]
+
+
+def poll(http, check, deadline_s: float = 60.0):
+    """Send a search until `check(body)` holds; return that body (bounded in time)."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        body = http.post("/v1/search", json={"text": "digit", "k": 5}).json()
+        if check(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"condition not reached in {deadline_s} s; last answer {body}")
+
+
+def test_a_crashed_scorer_restarts_and_the_service_keeps_answering(http):
+    import ray
+
+    ray.kill(scorer_actors()[0], no_restart=False)
+
+    body = poll(http, lambda b: "results" in b and not b["missing_shards"])
+    assert len(body["results"]) == 5
+    assert http.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_dead_scorer_is_reported_missing_then_replaced(http):
+    import ray
+
+    models = {m["id"] for m in http.get("/v1/models").json()["models"]}
+    ray.kill(scorer_actors()[0], no_restart=True)
+
+    partial = poll(http, lambda b: bool(b.get("missing_shards")))
+    missing = partial["missing_shards"][0]
+    assert missing["models"] >= 1 and missing["first_id"] in models
+    assert all(
+        r["model_id"] < missing["first_id"] or r["model_id"] > missing["last_id"]
+        for r in partial["results"]
+    )
+    healed = poll(http, lambda b: "results" in b and not b["missing_shards"])
+    assert len(healed["results"]) == 5
