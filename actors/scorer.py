@@ -11,7 +11,10 @@ import ray
 import torch
 
 from shards import store
-from shards.scoring import ScoringTables, probability_temperature, score
+from shards.filters import FilterIndex, Filters
+from shards.frechet import LowRankGaussians, nearest_by_frechet
+from shards.queries import Expert, score_experts
+from shards.scoring import ScoringTables
 from shards.topk import Hit, topk_rows
 
 logger = logging.getLogger(__name__)
@@ -21,18 +24,22 @@ SCORER_NAME_PREFIX = "modelseek-scorer-"
 
 @dataclass(frozen=True)
 class ShardAnswer:
-    """A shard's part of the answer to a (q, d) query block.
+    """A shard's part of the answer to one query.
 
     Attributes:
-        hits: q lists of the shard's best models, in rank order.
-        logsumexp: q values of log Σ exp(score / T) over the shard's models, T the method's
+        hits: the shard's best models, in rank order.
+        logsumexp: log Σ exp(score / T) over the shard's allowed models, T the query's
             probability temperature; the aggregator combines them into p(model | query).
+        expert_lse: per expert of a product of experts, its partial normaliser.
         seconds: time spent scoring.
+        exact_computed: for similar-model queries, the exact distances computed.
     """
 
-    hits: list[list[Hit]]
-    logsumexp: list[float]
+    hits: list[Hit]
+    logsumexp: float
+    expert_lse: list[float]
     seconds: float
+    exact_computed: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class ShardScorer:
         self._stats = store.load_shard(index_root, manifest, position)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self._tables = ScoringTables.build(self._stats, eps=eps, tau=tau, device=device)
+        self._filters = FilterIndex(self._stats.metadata)
+        # Fréchet distances need float64 (a difference of traces); kept on the CPU.
+        self._gaussians = LowRankGaussians.from_arrays(
+            self._stats.means, self._stats.eigvals, self._stats.eigvecs, self._stats.residuals
+        )
         self._position = position
         logger.info(
             "scorer %d ready on %s: %d models of version %s in %.2f s",
@@ -69,20 +81,60 @@ class ShardScorer:
             time.perf_counter() - started,
         )
 
-    def search(self, queries: np.ndarray, method: str, k: int) -> ShardAnswer:
-        """Top k of this shard for every row of `queries`, (q, d) float32."""
+    def search(self, experts: list[Expert], k: int, filters: Filters) -> ShardAnswer:
+        """This shard's top k for a query made of `experts` (see shards.queries)."""
         started = time.perf_counter()
-        block = torch.as_tensor(queries, device=self._tables.means.device)
-        scores = score(self._tables, method, block)
-        temperature = probability_temperature(method, self._tables.tau)
-        lse = torch.logsumexp(scores.double() / temperature, dim=1).tolist()
-        rows = topk_rows(scores, k)
-        values = scores.cpu().numpy()
-        hits = [
-            [Hit(float(values[qi, r]), self._stats.ids[r]) for r in row_list]
-            for qi, row_list in enumerate(rows)
-        ]
-        return ShardAnswer(hits, lse, time.perf_counter() - started)
+        allowed = self._allowed(filters)
+        result = score_experts(self._tables, experts, allowed)
+        rows = topk_rows(result.scores[None], k)[0]
+        values = result.scores.cpu().numpy()
+        lse = torch.logsumexp(result.scores.double() / result.temperature, dim=0).item()
+        return ShardAnswer(
+            hits=[Hit(float(values[r]), self._stats.ids[r]) for r in rows],
+            logsumexp=lse,
+            expert_lse=result.expert_lse,
+            seconds=time.perf_counter() - started,
+        )
+
+    def gaussian(self, model_id: str) -> dict[str, np.ndarray] | None:
+        """One model's mean and low-rank covariance factors, None when not in this shard."""
+        try:
+            row = self._stats.ids.index(model_id)
+        except ValueError:
+            return None
+        s = self._stats
+        return {
+            "means": s.means[row : row + 1],
+            "eigvals": s.eigvals[row : row + 1],
+            "eigvecs": s.eigvecs[row : row + 1],
+            "residuals": s.residuals[row : row + 1],
+        }
+
+    def similar(
+        self, query: dict[str, np.ndarray], k: int, filters: Filters, exclude_id: str
+    ) -> ShardAnswer:
+        """This shard's k models nearest to `query` by exact Fréchet distance (score = −d)."""
+        started = time.perf_counter()
+        allowed = self._allowed(filters)
+        allowed = (
+            torch.ones(self._stats.num_models, dtype=torch.bool) if allowed is None else allowed
+        )
+        if exclude_id in self._stats.ids:
+            allowed[self._stats.ids.index(exclude_id)] = False
+        rows, distances, computed = nearest_by_frechet(
+            LowRankGaussians.from_arrays(**query), self._gaussians, k, allowed.cpu()
+        )
+        return ShardAnswer(
+            hits=[Hit(-d, self._stats.ids[r]) for r, d in zip(rows, distances, strict=True)],
+            logsumexp=float("nan"),
+            expert_lse=[],
+            seconds=time.perf_counter() - started,
+            exact_computed=computed,
+        )
+
+    def _allowed(self, filters: Filters) -> torch.Tensor | None:
+        mask = self._filters.mask(filters)
+        return None if mask is None else torch.as_tensor(mask, device=self._tables.means.device)
 
     def describe(self) -> list[ModelRecord]:
         s = self._stats

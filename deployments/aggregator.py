@@ -1,4 +1,4 @@
-"""`Aggregator`: fans a query block out to every shard scorer and merges their top-k lists."""
+"""`Aggregator`: fans a query out to every shard scorer and merges their top-k lists."""
 
 import asyncio
 import logging
@@ -7,13 +7,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import ray
 from ray import serve
 
 from actors.scorer import ModelRecord, ShardAnswer, start_scorer
-from modelseek.errors import IndexCorrupt, NotFound
+from modelseek.errors import IndexCorrupt
 from shards import store
+from shards.filters import Filters
+from shards.queries import Expert, poe_offset
 from shards.scoring import probability_temperature
 from shards.topk import merge_logsumexp, merge_topk
 
@@ -22,57 +23,82 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RankedModel:
-    """One result row as the API returns it."""
+    """One result row as the API returns it.
+
+    `probability` is p(model | query) over the whole (filtered) collection; similar-model
+    queries rank by `distance` (Fréchet) and carry no probability.
+    """
 
     rank: int
     model_id: str
     name: str
     score: float
-    probability: float
+    probability: float | None
     tags: list[str]
+    distance: float | None = None
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The merged answer to a (q, d) query block.
+    """The merged answer to one query.
 
     Attributes:
-        results: q ranked lists.
-        version: the index version that answered.
+        results: the ranked models.
+        version: the index version that answered; feature_space: the space it lives in.
         missing_shards: shards that did not answer in time, with the models they hold.
         score_s: slowest shard's scoring time; merge_s: the merge's.
+        exact_computed: similar-model queries: exact Fréchet distances computed in all.
     """
 
-    results: list[list[RankedModel]]
+    results: list[RankedModel]
     version: str
+    feature_space: str
     missing_shards: list[dict[str, Any]] = field(default_factory=list)
     score_s: float = 0.0
     merge_s: float = 0.0
+    exact_computed: int = 0
 
 
 def merge_answers(
-    answers: list[ShardAnswer], k: int, records: dict[str, ModelRecord], temperature: float
-) -> tuple[list[list[RankedModel]], float]:
-    """Merge per-shard answers into global top-k lists with p(model | query)."""
-    started = time.perf_counter()
-    merged = []
-    for qi in range(len(answers[0].hits) if answers else 0):
-        hits = merge_topk([a.hits[qi] for a in answers], k)
-        lse = merge_logsumexp([a.logsumexp[qi] for a in answers])
-        merged.append(
-            [
-                RankedModel(
-                    rank=rank,
-                    model_id=hit.model_id,
-                    name=records[hit.model_id].metadata.get("name", hit.model_id),
-                    score=hit.score,
-                    probability=math.exp(hit.score / temperature - lse),
-                    tags=list(records[hit.model_id].metadata.get("tags", [])),
-                )
-                for rank, hit in enumerate(hits, start=1)
-            ]
+    answers: list[ShardAnswer],
+    k: int,
+    records: dict[str, ModelRecord],
+    experts: list[Expert] | None,
+    tau: float,
+) -> list[RankedModel]:
+    """Merge per-shard answers into the global top k.
+
+    Args:
+        answers: one per shard that answered.
+        k: results wanted.
+        records: metadata of every model.
+        experts: the query's experts, for probabilities and the product-of-experts
+            normalisers; None for similar-model queries (scores are −distance).
+        tau: τ, which sets the probability temperature of first-moment scores.
+    """
+    hits = merge_topk([a.hits for a in answers], k)
+    offset, lse, temperature = 0.0, float("nan"), 1.0
+    if experts is not None:
+        lse = merge_logsumexp([a.logsumexp for a in answers])
+        global_expert_lse = [
+            merge_logsumexp([a.expert_lse[e] for a in answers])
+            for e in range(len(answers[0].expert_lse) if answers else 0)
+        ]
+        offset = poe_offset(experts, global_expert_lse)
+        if len(experts) == 1 and experts[0].weight == 1.0:
+            temperature = probability_temperature(experts[0].method, tau)
+    return [
+        RankedModel(
+            rank=rank,
+            model_id=hit.model_id,
+            name=records[hit.model_id].metadata.get("name", hit.model_id),
+            score=hit.score - offset,
+            probability=None if experts is None else math.exp(hit.score / temperature - lse),
+            tags=list(records[hit.model_id].metadata.get("tags", [])),
+            distance=-hit.score if experts is None else None,
         )
-    return merged, time.perf_counter() - started
+        for rank, hit in enumerate(hits, start=1)
+    ]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -135,14 +161,14 @@ class Aggregator:
             logger.warning("scorer of shard %d is dead; starting a new one", position)
             self._scorers[position] = self._start_scorer(self._manifest, position)
 
-    async def search(self, queries: np.ndarray, method: str, k: int) -> SearchResult:
-        """Exact top k of every model for each row of `queries`, (q, d) float32."""
+    async def _fan_out(self, call) -> tuple[store.Manifest, list[ShardAnswer], list[dict]]:
+        """Run `call(scorer)` on every shard; answers of those that replied, and the rest."""
         if self._manifest is None:
             await self.reconfigure({})
         manifest, scorers = self._manifest, self._scorers
-        refs = [s.search.remote(queries, method, k) for s in scorers]
         outcomes = await asyncio.gather(
-            *(asyncio.wait_for(ref, self._timeout_s) for ref in refs), return_exceptions=True
+            *(asyncio.wait_for(call(s), self._timeout_s) for s in scorers),
+            return_exceptions=True,
         )
         answers, missing = [], []
         for position, outcome in enumerate(outcomes):
@@ -152,9 +178,9 @@ class Aggregator:
             if isinstance(outcome, ray.exceptions.RayTaskError) and isinstance(
                 outcome.cause, ValueError
             ):
-                raise outcome.cause  # a bad method for this index, the same on every shard
-            entry = manifest.shards[position]
+                raise outcome.cause  # a query this index cannot answer, the same on every shard
             self._note_failure(scorers, position, outcome)
+            entry = manifest.shards[position]
             missing.append(
                 {
                     "shard": position,
@@ -163,32 +189,72 @@ class Aggregator:
                     "last_id": entry.last_id,
                 }
             )
-        temperature = probability_temperature(method, self._tau)
-        results, merge_s = merge_answers(answers, k, self._records, temperature)
-        score_s = max((a.seconds for a in answers), default=0.0)
-        return SearchResult(results, manifest.version, missing, score_s, merge_s)
+        return manifest, answers, missing
+
+    async def search(self, experts: list[Expert], k: int, filters: Filters) -> SearchResult:
+        """Exact top k of the whole collection for one query made of `experts`."""
+        manifest, answers, missing = await self._fan_out(
+            lambda s: s.search.remote(experts, k, filters)
+        )
+        started = time.perf_counter()
+        results = merge_answers(answers, k, self._records, experts, self._tau)
+        return SearchResult(
+            results,
+            manifest.version,
+            manifest.feature_space,
+            missing,
+            score_s=max((a.seconds for a in answers), default=0.0),
+            merge_s=time.perf_counter() - started,
+        )
+
+    async def similar(self, model_id: str, k: int, filters: Filters) -> SearchResult | None:
+        """The k models nearest to `model_id` by exact Fréchet distance, itself excluded.
+
+        None when there is no such model: an exception would cross the replica boundary
+        as a remote traceback, so the ingress raises NotFound itself.
+        """
+        if self._manifest is None:
+            await self.reconfigure({})
+        if model_id not in self._records:
+            return None
+        holder = self._scorers[self._shard_of(model_id)]
+        query = await asyncio.wait_for(holder.gaussian.remote(model_id), self._timeout_s)
+        manifest, answers, missing = await self._fan_out(
+            lambda s: s.similar.remote(query, k, filters, model_id)
+        )
+        started = time.perf_counter()
+        results = merge_answers(answers, k, self._records, None, self._tau)
+        return SearchResult(
+            results,
+            manifest.version,
+            manifest.feature_space,
+            missing,
+            score_s=max((a.seconds for a in answers), default=0.0),
+            merge_s=time.perf_counter() - started,
+            exact_computed=sum(a.exact_computed for a in answers),
+        )
+
+    def _shard_of(self, model_id: str) -> int:
+        return next(
+            i for i, e in enumerate(self._manifest.shards) if e.first_id <= model_id <= e.last_id
+        )
 
     async def list_models(self) -> list[dict[str, Any]]:
         if self._manifest is None:
             await self.reconfigure({})
         return [_record_json(r) for r in sorted(self._records.values(), key=lambda r: r.model_id)]
 
-    async def get_model(self, model_id: str) -> dict[str, Any]:
+    async def get_model(self, model_id: str) -> dict[str, Any] | None:
         if self._manifest is None:
             await self.reconfigure({})
-        try:
-            return _record_json(self._records[model_id])
-        except KeyError:
-            raise NotFound(f"no model with id {model_id!r}; GET /v1/models lists them") from None
+        record = self._records.get(model_id)
+        return None if record is None else _record_json(record)
 
-    async def thumbnail(self, model_id: str, number: int) -> bytes:
+    async def thumbnail(self, model_id: str, number: int) -> bytes | None:
         record = self._records.get(model_id)
         if record is None or not 0 <= number < record.thumbnails:
-            raise NotFound(f"model {model_id!r} has no thumbnail {number}")
-        shard = next(
-            i for i, e in enumerate(self._manifest.shards) if e.first_id <= model_id <= e.last_id
-        )
-        return await self._scorers[shard].thumbnail.remote(model_id, number)
+            return None
+        return await self._scorers[self._shard_of(model_id)].thumbnail.remote(model_id, number)
 
     async def health(self) -> dict[str, Any]:
         if self._manifest is None:

@@ -4,6 +4,7 @@ Every error leaves as `{"error": {"code", "message"}}` with the status of its cl
 `modelseek.errors`; this module is the one place where that mapping happens.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -25,8 +26,16 @@ from starlette.routing import Route
 from deployments.aggregator import SearchResult
 from deployments.metrics import ServiceMetrics
 from modelseek.config import ServeConfig
-from modelseek.errors import BadQuery, ModelseekError, PayloadTooLarge
-from modelseek.query import SearchRequest, parse_search_fields
+from modelseek.errors import BadQuery, ModelseekError, NotFound, PayloadTooLarge
+from modelseek.query import (
+    DEFAULT_K,
+    MAX_IMAGE_SET,
+    QueryPart,
+    SearchRequest,
+    parse_search_fields,
+)
+from shards.filters import Filters
+from shards.queries import Expert
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +43,11 @@ logger = logging.getLogger(__name__)
 class SearchBackend(Protocol):
     """What the HTTP layer needs from the rest of the service."""
 
-    async def encode(self, request: SearchRequest) -> np.ndarray: ...
+    async def encode(self, part: QueryPart) -> np.ndarray: ...
 
-    async def search(self, features: np.ndarray, method: str, k: int) -> SearchResult: ...
+    async def search(self, experts: list[Expert], k: int, filters: Filters) -> SearchResult: ...
+
+    async def similar(self, model_id: str, k: int, filters: Filters) -> SearchResult: ...
 
     async def list_models(self) -> list[dict[str, Any]]: ...
 
@@ -53,25 +64,46 @@ class ServeBackend:
     def __init__(self, encoder: DeploymentHandle, aggregator: DeploymentHandle):
         self._encoder, self._aggregator = encoder, aggregator
 
-    async def encode(self, request: SearchRequest) -> np.ndarray:
-        if request.text is not None:
-            return await self._encoder.encode_texts.remote(request.text)
-        return await self._encoder.encode_images.remote(request.image)
+    async def encode(self, part: QueryPart) -> np.ndarray:
+        """(m, d) float32 features of a query part; an image set's images batch together."""
+        if part.text is not None:
+            rows = [await self._encoder.encode_texts.remote(part.text)]
+        else:
+            rows = await asyncio.gather(
+                *(self._encoder.encode_images.remote(image) for image in part.images)
+            )
+        return np.stack(rows).astype(np.float32)
 
-    async def search(self, features: np.ndarray, method: str, k: int) -> SearchResult:
-        return await self._aggregator.search.remote(features, method, k)
+    async def search(self, experts: list[Expert], k: int, filters: Filters) -> SearchResult:
+        return await self._aggregator.search.remote(experts, k, filters)
+
+    async def similar(self, model_id: str, k: int, filters: Filters) -> SearchResult:
+        result = await self._aggregator.similar.remote(model_id, k, filters)
+        if result is None:
+            raise unknown_model(model_id)
+        return result
 
     async def list_models(self) -> list[dict[str, Any]]:
         return await self._aggregator.list_models.remote()
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
-        return await self._aggregator.get_model.remote(model_id)
+        record = await self._aggregator.get_model.remote(model_id)
+        if record is None:
+            raise unknown_model(model_id)
+        return record
 
     async def thumbnail(self, model_id: str, number: int) -> bytes:
-        return await self._aggregator.thumbnail.remote(model_id, number)
+        data = await self._aggregator.thumbnail.remote(model_id, number)
+        if data is None:
+            raise NotFound(f"model {model_id!r} has no thumbnail {number}")
+        return data
 
     async def health(self) -> dict[str, Any]:
         return await self._aggregator.health.remote()
+
+
+def unknown_model(model_id: str) -> NotFound:
+    return NotFound(f"no model with id {model_id!r}; GET /v1/models lists them")
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -100,56 +132,110 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
 
 
 async def parse_search_request(request: Request, cfg: ServeConfig) -> SearchRequest:
-    """A SearchRequest from a JSON body or a multipart form with an `image` file."""
+    """A SearchRequest from a JSON body, or a multipart form with `image` or `images` files."""
     body = await read_body(request, cfg.max_upload_bytes)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         request._body = body  # starlette re-reads a cached body when parsing the form
-        form = await request.form(max_files=1, max_part_size=cfg.max_upload_bytes)
-        upload = form.get("image")
-        image_bytes = await upload.read() if hasattr(upload, "read") else None
-        fields = {key: value for key, value in form.items() if key != "image"}
-        return parse_search_fields(fields, image_bytes, cfg)
-    try:
-        fields = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadQuery(f"body is not valid JSON ({err}); send application/json") from err
+        form = await request.form(max_files=MAX_IMAGE_SET + 1, max_part_size=cfg.max_upload_bytes)
+        uploads: dict[str, list[bytes]] = {}
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                uploads.setdefault(key, []).append(await value.read())
+            else:
+                fields[key] = value
+        if isinstance(fields.get("filters"), str):
+            fields["filters"] = _json_field(fields["filters"], "filters")
+        return parse_search_fields(fields, uploads, cfg)
+    fields = _json_field(body, "body")
     if not isinstance(fields, dict):
         raise BadQuery(f"body must be a JSON object, got {type(fields).__name__}")
-    return parse_search_fields(fields, None, cfg)
+    return parse_search_fields(fields, {}, cfg)
+
+
+def _json_field(text: str | bytes, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadQuery(f"{what} is not valid JSON ({err}); send application/json") from err
+
+
+def describe_query(query: SearchRequest) -> dict[str, Any]:
+    """What the response echoes of the query (never the image bytes)."""
+    parts = [
+        {
+            "modality": p.modality,
+            "method": p.method,
+            "weight": p.weight,
+            **({"text": p.text} if p.text is not None else {"images": len(p.images)}),
+        }
+        for p in query.parts
+    ]
+    return {
+        "kind": query.kind,
+        "k": query.k,
+        "parts": parts,
+        "similar_to": query.similar_to,
+        "filters": {k: v for k, v in asdict(query.filters).items() if v not in ((), None)},
+    }
+
+
+def query_method(query: SearchRequest) -> str:
+    if query.similar_to is not None:
+        return "frechet"
+    return query.parts[0].method if len(query.parts) == 1 else "product_of_experts"
 
 
 def create_http_app(backend: SearchBackend, cfg: ServeConfig, metrics: ServiceMetrics):
     """The starlette application serving the API, the metrics and the web page."""
 
-    async def search(request: Request) -> Response:
-        started = time.perf_counter()
-        query = await parse_search_request(request, cfg)
+    async def answer(query: SearchRequest, started: float) -> Response:
         decoded = time.perf_counter()
-        features = await backend.encode(query)
-        encoded = time.perf_counter()
-        result = await backend.search(np.asarray(features, np.float32)[None], query.method, query.k)
-        total_s = time.perf_counter() - started
+        if query.similar_to is not None:
+            result = await backend.similar(query.similar_to, query.k, query.filters)
+        else:
+            features = await asyncio.gather(*(backend.encode(p) for p in query.parts))
+            experts = [
+                Expert(p.method, f, p.weight) for p, f in zip(query.parts, features, strict=True)
+            ]
+            encoded = time.perf_counter()
+            result = await backend.search(experts, query.k, query.filters)
         stage_s = {
             "decode": decoded - started,
-            "encode": encoded - decoded,
             "score": result.score_s,
             "merge": result.merge_s,
-            "total": total_s,
+            "total": time.perf_counter() - started,
         }
+        if query.similar_to is None:
+            stage_s["encode"] = encoded - decoded
         for stage, seconds in stage_s.items():
             metrics.stage_seconds.labels(stage).observe(seconds)
         metrics.missing_shards.inc(len(result.missing_shards))
         return JSONResponse(
             {
-                "query": {"modality": query.modality, "text": query.text, "k": query.k},
-                "method": query.method,
+                "query": describe_query(query),
+                "method": query_method(query),
+                "feature_space": result.feature_space,
                 "index_version": result.version,
-                "results": [asdict(r) for r in result.results[0]],
+                "results": [asdict(r) for r in result.results],
                 "missing_shards": result.missing_shards,
+                "exact_distances_computed": result.exact_computed,
                 "timings_ms": {stage: round(s * 1e3, 3) for stage, s in stage_s.items()},
             }
         )
+
+    async def search(request: Request) -> Response:
+        started = time.perf_counter()
+        return await answer(await parse_search_request(request, cfg), started)
+
+    async def similar(request: Request) -> Response:
+        started = time.perf_counter()
+        fields = {
+            "model": request.path_params["model_id"],
+            "k": request.query_params.get("k", DEFAULT_K),
+        }
+        return await answer(parse_search_fields(fields, {}, cfg), started)
 
     async def list_models(request: Request) -> Response:
         models = await backend.list_models()
@@ -183,6 +269,7 @@ def create_http_app(backend: SearchBackend, cfg: ServeConfig, metrics: ServiceMe
         Route("/v1/search", search, methods=["POST"]),
         Route("/v1/models", list_models),
         Route("/v1/models/{model_id}", get_model),
+        Route("/v1/models/{model_id}/similar", similar),
         Route("/v1/models/{model_id}/thumbnails/{number:int}", thumbnail),
     ]
     app = Starlette(
@@ -198,6 +285,8 @@ def create_http_app(backend: SearchBackend, cfg: ServeConfig, metrics: ServiceMe
 
 
 async def _modelseek_error(request: Request, err: ModelseekError) -> Response:
+    # An error raised in another replica arrives wrapped, its str() a remote traceback.
+    err = _unwrap(err)
     logger.debug("%s %s -> %s: %s", request.method, request.url.path, err.code, err)
     return error_response(err.http_status, err.code, str(err))
 

@@ -1,6 +1,7 @@
 """The `modelseek` command: index a catalog, serve an index, query a service, run the demo."""
 
 import argparse
+import base64
 import importlib
 import json
 import logging
@@ -30,7 +31,9 @@ DEMO_QUERIES = (
     ("text", "a photo of a cat"),
     ("image", "face-dcgan-64"),
     ("image", "mnist-digit-3"),
+    ("similar", "mnist-digit-7"),
 )
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,11 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_args(serve)
     serve.set_defaults(run=run_serve)
 
-    query = commands.add_parser("query", help="ask a running service")
+    query = commands.add_parser(
+        "query", help="ask a running service (text, image, image set, similar models, mixes)"
+    )
     query.add_argument("text", nargs="?", help="query text")
-    query.add_argument("--image", type=Path, help="query image file (instead of text)")
+    query.add_argument("--image", type=Path, help="query image or sketch file")
+    query.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        help="an image set (files, or one folder): which model to fine-tune from",
+    )
+    query.add_argument("--similar", metavar="MODEL_ID", help="models similar to this one")
+    query.add_argument(
+        "--not",
+        dest="negative",
+        metavar="TEXT",
+        help="a concept to stay away from (weight -1 in a product of experts)",
+    )
     query.add_argument("--k", type=int, default=5)
     query.add_argument("--method", help="scoring method; default depends on the modality")
+    query.add_argument("--tag", action="append", default=[], help="any of these tags")
+    query.add_argument("--require-tag", action="append", default=[], help="all of these tags")
+    query.add_argument("--exclude-tag", action="append", default=[], help="none of these tags")
+    query.add_argument("--license", action="append", default=[])
+    query.add_argument("--architecture", action="append", default=[])
+    query.add_argument("--min-resolution", type=int)
+    query.add_argument("--max-resolution", type=int)
     query.add_argument("--url", default=DEFAULT_URL)
     query.add_argument("--json", action="store_true", help="print the raw JSON answer")
     query.set_defaults(run=run_query)
@@ -239,69 +264,112 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_http(
-    url: str,
-    text: str | None,
-    image: Path | None,
-    k: int,
-    method: str | None,
-    timeout_s: float = 60.0,
-) -> dict[str, Any]:
-    """POST one query to a running service; raise ModelseekError with its message on 4xx/5xx."""
-    if (text is None) == (image is None):
-        raise ValueError("give a query text or --image PATH, not both or neither")
-    data = {"k": str(k), **({"method": method} if method else {})}
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _image_set(paths: list[Path]) -> list[Path]:
+    if len(paths) == 1 and paths[0].is_dir():
+        return sorted(p for p in paths[0].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return paths
+
+
+def build_query_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON body of POST /v1/search for the `query` command's arguments."""
+    parts: list[dict[str, Any]] = []
+    if args.text:
+        parts.append({"text": args.text})
+    if args.image:
+        parts.append({"image": _b64(args.image)})
+    if args.images:
+        parts.append({"images": [_b64(p) for p in _image_set(args.images)]})
+    if args.negative:
+        parts.append({"text": args.negative, "weight": -1.0})
+    if args.similar and parts:
+        raise ValueError("--similar ranks models by their own statistics; give no other query")
+    if not parts and not args.similar:
+        raise ValueError("give a query: TEXT, --image, --images or --similar")
+
+    filters = {
+        "tags_any": args.tag,
+        "tags_all": args.require_tag,
+        "tags_none": args.exclude_tag,
+        "licenses": args.license,
+        "architectures": args.architecture,
+        "min_resolution": args.min_resolution,
+        "max_resolution": args.max_resolution,
+    }
+    body: dict[str, Any] = {"k": args.k}
+    body["filters"] = {key: value for key, value in filters.items() if value not in (None, [])}
+    if args.similar:
+        return {**body, "model": args.similar}
+    if len(parts) == 1:
+        return {**body, **parts[0], **({"method": args.method} if args.method else {})}
+    if args.method:
+        for part in parts:
+            part["method"] = args.method
+    return {**body, "queries": parts}
+
+
+def search_http(url: str, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
+    """POST one search to a running service; raise ModelseekError with its message on 4xx/5xx."""
     with httpx.Client(timeout=timeout_s) as client:
-        if image is not None:
-            files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
-            answer = client.post(f"{url}/v1/search", data=data, files=files)
-        else:
-            answer = client.post(f"{url}/v1/search", json={**data, "k": k, "text": text})
-    body = answer.json()
+        answer = client.post(f"{url}/v1/search", json=body)
+    payload = answer.json()
     if answer.status_code >= 400:
-        error = body.get("error", {})
+        error = payload.get("error", {})
         raise ModelseekError(
             f"HTTP {answer.status_code} {error.get('code')}: {error.get('message')}"
         )
-    return body
+    return payload
 
 
 def print_results(body: dict[str, Any]) -> None:
     query = body["query"]
-    label = query["text"] if query["modality"] == "text" else "(image)"
+    labels = [p.get("text") or f"{p['images']} image(s)" for p in query["parts"]]
+    label = f"similar to {query['similar_to']}" if query["similar_to"] else " + ".join(labels)
     print(
-        f"\n{query['modality']} query {label!r}, method {body['method']}, "
+        f"\n{query['kind']} query {label!r}, method {body['method']}, "
         f"index {body['index_version']}, {body['timings_ms']['total']:.1f} ms"
     )
     for row in body["results"]:
-        print(
-            f"  {row['rank']:>2}. {row['model_id']:<24} p={row['probability']:.3f} "
-            f"score={row['score']:.4g}  {row['name']}"
-        )
+        if row["probability"] is None:
+            figure = f"distance={row['distance']:.4g}"
+        else:
+            figure = f"p={row['probability']:.3f} score={row['score']:.4g}"
+        print(f"  {row['rank']:>2}. {row['model_id']:<24} {figure}  {row['name']}")
+    if not body["results"]:
+        print("  (no model matches the filters)")
     for shard in body["missing_shards"]:
         print(f"  warning: shard {shard['shard']} ({shard['models']} models) did not answer")
 
 
 def run_query(args: argparse.Namespace) -> int:
+    body = build_query_body(args)
     try:
-        body = search_http(args.url, args.text, args.image, args.k, args.method)
+        answer = search_http(args.url, body)
     except httpx.HTTPError as err:
         print(f"modelseek query: cannot reach {args.url}: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(body, indent=2))
+        print(json.dumps(answer, indent=2))
     else:
-        print_results(body)
+        print_results(answer)
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from actors.indexing import build_index
     from modelseek.demo.prepare import prepare_demo, sample_query_image
-    from modelseek.features import pick_demo_encoder
+    from modelseek.features import HERMETIC_ENCODER, pick_demo_encoder
 
     catalog = prepare_demo(args.data_dir)
     encoder = args.encoder or pick_demo_encoder()
+    if encoder == HERMETIC_ENCODER:
+        print(
+            "note: random-weight (hermetic) features: text rankings mean nothing, and image "
+            "rankings are rough; see README, 'Feature space'"
+        )
     index_root = args.data_dir / "index"
     url = f"http://{args.host}:{args.port}"
     init_ray(args.ray_address)
@@ -318,11 +386,13 @@ def run_demo(args: argparse.Namespace) -> int:
         start_service(index_root, encoder, args.host, args.port)
         for modality, value in DEMO_QUERIES:
             if modality == "text":
-                print_results(search_http(url, value, None, 5, None))
+                print_results(search_http(url, {"text": value, "k": 5}))
+            elif modality == "similar":
+                print_results(search_http(url, {"model": value, "k": 5}))
             else:
                 image = sample_query_image(catalog, value, args.data_dir / "queries")
                 print(f"\n(image sampled from {value!r} with a seed not used for indexing)")
-                print_results(search_http(url, None, image, 5, None))
+                print_results(search_http(url, {"image": _b64(image), "k": 5}))
         if not args.exit:
             wait_for_ctrl_c(url)
     finally:

@@ -1,0 +1,91 @@
+"""Query plans over a shard: one expert, an image set, or a weighted product of experts.
+
+A query is a list of experts, each a scoring method over a (m, d) block of query features.
+One expert with m = 1 is a plain query; m > 1 is an image set, scored by the mean of its
+per-image scores; several experts combine as a product of experts,
+    Σ_e w_e · log p_e(model | q_e),  log p_e = s_e / T_e − log Σ_models exp(s_e / T_e),
+where T_e is the method's probability temperature. The normalisers are constants over
+models, so each shard ranks the combination exactly without them; it returns its partial
+log-sum-exp of every expert and the aggregator subtracts the global ones.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shards.scoring import ScoringTables, probability_temperature, score
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One term of a query.
+
+    Attributes:
+        method: a name from shards.scoring.METHODS.
+        features: (m, d) float32 query features; m > 1 averages m per-image scores.
+        weight: w_e; negative weights push models away from the concept.
+    """
+
+    method: str
+    features: np.ndarray
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """A shard's scores for one query.
+
+    Attributes:
+        scores: (n,) final scores before the global normalisers; −inf where filtered out.
+        temperature: T with p(model | query) = softmax(scores / T) over the collection.
+        expert_lse: per expert, log Σ exp(s_e / T_e) over the allowed models of the shard
+            (only for several experts; empty otherwise).
+    """
+
+    scores: torch.Tensor
+    temperature: float
+    expert_lse: list[float]
+
+
+def _masked_logsumexp(values: torch.Tensor, allowed: torch.Tensor | None) -> float:
+    if allowed is not None:
+        values = values.masked_fill(~allowed, float("-inf"))
+    return torch.logsumexp(values.double(), dim=0).item()
+
+
+def score_experts(
+    tables: ScoringTables, experts: list[Expert], allowed: torch.Tensor | None = None
+) -> QueryScores:
+    """Scores of every model of a shard for one query made of `experts`."""
+    if not experts:
+        raise ValueError("a query needs at least one expert")
+    per_expert = []
+    for expert in experts:
+        block = torch.as_tensor(expert.features, device=tables.means.device)
+        per_expert.append(score(tables, expert.method, block).mean(dim=0))
+
+    if len(experts) == 1 and experts[0].weight == 1.0:
+        combined = per_expert[0]
+        temperature = probability_temperature(experts[0].method, tables.tau)
+        expert_lse: list[float] = []
+    else:
+        temperatures = [probability_temperature(e.method, tables.tau) for e in experts]
+        logits = [s / t for s, t in zip(per_expert, temperatures, strict=True)]
+        expert_lse = [_masked_logsumexp(lg, allowed) for lg in logits]
+        combined = sum(e.weight * lg for e, lg in zip(experts, logits, strict=True))
+        temperature = 1.0
+
+    if allowed is not None:
+        combined = combined.masked_fill(~allowed, float("-inf"))
+    return QueryScores(combined, temperature, expert_lse)
+
+
+def poe_offset(experts: list[Expert], global_expert_lse: list[float]) -> float:
+    """What the aggregator subtracts from merged scores: Σ_e w_e · log Σ_all exp(s_e / T_e)."""
+    if not global_expert_lse:
+        return 0.0
+    return sum(e.weight * lse for e, lse in zip(experts, global_expert_lse, strict=True))
