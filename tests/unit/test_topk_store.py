@@ -135,3 +135,43 @@ def test_missing_index_and_bad_manifest_are_clear_errors(tmp_path):
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(store.StoreError, match="format 'other'"):
         store.read_manifest(tmp_path)
+
+
+def test_sharded_filtered_product_of_experts_equals_brute_force():
+    from shards.filters import FilterIndex, Filters
+    from shards.queries import Expert, poe_offset, score_experts
+    from shards.topk import merge_logsumexp
+
+    stats = random_shard(num_models=40, dim=10, rank=3)
+    tagged = tuple(
+        {**m, "tags": ["even" if i % 2 == 0 else "odd", f"r{i % 3}"]}
+        for i, m in enumerate(stats.metadata)
+    )
+    stats = type(stats)(**{**stats.__dict__, "metadata": tagged})
+    q = np.random.default_rng(8).normal(size=(2, 10)).astype(np.float32)
+    experts = [Expert("first_moment", q[:1]), Expert("gaussian_density", q[1:], -0.4)]
+    filters = Filters(tags_any=("even",), tags_none=("r0",))
+    k = 6
+
+    hits, expert_lse = [], []
+    for part in store.split_contiguous(stats.num_models, 3):
+        shard = stats.select(np.arange(part.start, part.stop))
+        allowed = torch.as_tensor(FilterIndex(shard.metadata).mask(filters))
+        result = score_experts(ScoringTables.build(shard, eps=1e-3, tau=0.05), experts, allowed)
+        rows = topk_rows(result.scores[None], k)[0]
+        hits.append([Hit(float(result.scores[r]), shard.ids[r]) for r in rows])
+        expert_lse.append(result.expert_lse)
+    offset = poe_offset(
+        experts, [merge_logsumexp(list(col)) for col in zip(*expert_lse, strict=True)]
+    )
+    merged = [(h.model_id, h.score - offset) for h in merge_topk(hits, k)]
+
+    allowed = torch.as_tensor(FilterIndex(stats.metadata).mask(filters))
+    whole = score_experts(ScoringTables.build(stats, eps=1e-3, tau=0.05), experts, allowed)
+    final = whole.scores.numpy() - poe_offset(experts, whole.expert_lse)
+    expected = brute_force(final[None], list(stats.ids), k)[0]
+    assert [m for m, _ in merged] == expected
+    assert all("even" in stats.metadata[stats.ids.index(m)]["tags"] for m in expected)
+    np.testing.assert_allclose(
+        [s for _, s in merged], [final[stats.ids.index(m)] for m in expected], rtol=1e-5
+    )
