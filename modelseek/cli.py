@@ -1,7 +1,6 @@
 """The `modelseek` command: index a catalog, serve an index, query a service, run the demo."""
 
 import argparse
-import base64
 import importlib
 import json
 import logging
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from modelseek.client import Client, encode_image
 from modelseek.config import IndexConfig, ServeConfig, with_env_overrides
 from modelseek.errors import ModelseekError
 
@@ -265,7 +265,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+    return encode_image(path)
 
 
 def _image_set(paths: list[Path]) -> list[Path]:
@@ -312,16 +312,9 @@ def build_query_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def search_http(url: str, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
-    """POST one search to a running service; raise ModelseekError with its message on 4xx/5xx."""
-    with httpx.Client(timeout=timeout_s) as client:
-        answer = client.post(f"{url}/v1/search", json=body)
-    payload = answer.json()
-    if answer.status_code >= 400:
-        error = payload.get("error", {})
-        raise ModelseekError(
-            f"HTTP {answer.status_code} {error.get('code')}: {error.get('message')}"
-        )
-    return payload
+    """POST one search body to a running service; ServiceError on 4xx/5xx."""
+    with Client(url, timeout_s) as client:
+        return client.search_body(body)
 
 
 def print_results(body: dict[str, Any]) -> None:

@@ -144,3 +144,38 @@ def test_unknown_model_errors_carry_no_remote_traceback(http):
         answer = http.get(path)
         assert answer.status_code == 404
         assert "Traceback" not in answer.json()["error"]["message"]
+
+
+def test_python_client_speaks_every_query_kind(zoo, service, tmp_path):
+    from modelseek.client import Client, ServiceError
+
+    path = tmp_path / "face.png"
+    path.write_bytes(base64.b64decode(b64_png(samples(zoo[0], "face-dcgan-64", 1)[0])))
+    with Client(service) as client:
+        assert len(client.models()) == 5 and client.health()["status"] == "ok"
+        assert client.search(text="a digit", k=2)["method"] == "first_second_moment"
+        assert client.search(image=path, k=2)["query"]["kind"] == "image"
+        assert client.search(images=[path, path.read_bytes()], k=2)["query"]["kind"] == "image_set"
+        mixed = client.search(queries=[{"text": "a face"}, {"image": path, "weight": -1}], k=2)
+        assert mixed["method"] == "product_of_experts"
+        assert len(client.similar("face-dcgan-64", k=2)["results"]) == 2
+        with pytest.raises(ServiceError) as err:
+            client.search(text="a", method="cosine")
+        assert err.value.status == 400 and err.value.code == "bad_query"
+
+
+def test_cli_query_prints_ranked_answers_and_fails_cleanly(service, capsys):
+    from modelseek.cli import main
+
+    assert (
+        main(
+            ["query", "a face", "--not", "a digit", "--tag", "digit", "--k", "2", "--url", service]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "multimodal query" in out and out.count("mnist-digit-") == 2
+    assert main(["query", "--similar", "mnist-digit-1", "--k", "2", "--url", service]) == 0
+    assert "distance=" in capsys.readouterr().out
+    assert main(["query", "--similar", "nope", "--url", service]) == 2
+    assert "no model with id 'nope'" in capsys.readouterr().err
