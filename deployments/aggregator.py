@@ -123,6 +123,28 @@ class Aggregator:
             return
         await self._load(version)
 
+    async def reload(self) -> dict[str, Any]:
+        """Serve the version CURRENT now names; refused if it is in another feature space.
+
+        Returns:
+            {"version", "previous"} on success, or {"error": message} when refused (an
+            exception would reach the client as a remote traceback).
+        """
+        previous = self._manifest.version if self._manifest else None
+        try:
+            manifest = store.read_manifest(self._root)
+            store.verify_index(self._root, manifest)
+        except store.StoreError as err:
+            return {"error": str(err)}
+        if self._manifest is not None and manifest.feature_space != self._manifest.feature_space:
+            return {
+                "error": f"version {manifest.version} is in feature space "
+                f"{manifest.feature_space!r}, but the service encodes queries in "
+                f"{self._manifest.feature_space!r}; restart `modelseek serve`"
+            }
+        await self.reconfigure({"version": manifest.version})
+        return {"version": manifest.version, "previous": previous}
+
     async def _load(self, version: str) -> None:
         started = time.perf_counter()
         try:

@@ -62,7 +62,9 @@ def build_app(args: dict[str, Any]) -> Application:
         manifest.feature_space,
     )
 
-    encoder_app = Encoder.bind(encoder, manifest.feature_space)
+    encoder_app = Encoder.bind(
+        encoder, manifest.feature_space, cfg.encoder_batch_size, cfg.encoder_batch_wait_s
+    )
     aggregator = Aggregator.options(user_config={"version": manifest.version}).bind(
         root, cfg.eps, cfg.tau, cfg.shard_timeout_s
     )

@@ -16,7 +16,12 @@ logger = logging.getLogger(__name__)
 class Encoder:
     """Encodes query texts and images; concurrent requests share one forward pass."""
 
-    def __init__(self, encoder: str, expected_feature_space: str):
+    def __init__(
+        self, encoder: str, expected_feature_space: str, batch_size: int, batch_wait_s: float
+    ):
+        for method in (self.encode_texts, self.encode_images):
+            method.set_max_batch_size(batch_size)
+            method.set_batch_wait_timeout_s(batch_wait_s)
         self._space = load_feature_space(encoder)
         if self._space.id != expected_feature_space:
             # Same spec, other weights: e.g. a checkpoint file replaced after indexing.

@@ -5,6 +5,7 @@ Every error leaves as `{"error": {"code", "message"}}` with the status of its cl
 """
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -26,7 +27,14 @@ from starlette.routing import Route
 from deployments.aggregator import SearchResult
 from deployments.metrics import ServiceMetrics
 from modelseek.config import ServeConfig
-from modelseek.errors import BadQuery, ModelseekError, NotFound, PayloadTooLarge
+from modelseek.errors import (
+    BadQuery,
+    Forbidden,
+    IndexRefused,
+    ModelseekError,
+    NotFound,
+    PayloadTooLarge,
+)
 from modelseek.query import (
     DEFAULT_K,
     MAX_IMAGE_SET,
@@ -56,6 +64,8 @@ class SearchBackend(Protocol):
     async def thumbnail(self, model_id: str, number: int) -> bytes: ...
 
     async def health(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> dict[str, Any]: ...
 
 
 class ServeBackend:
@@ -100,6 +110,12 @@ class ServeBackend:
 
     async def health(self) -> dict[str, Any]:
         return await self._aggregator.health.remote()
+
+    async def reload(self) -> dict[str, Any]:
+        outcome = await self._aggregator.reload.remote()
+        if "error" in outcome:
+            raise IndexRefused(outcome["error"])
+        return outcome
 
 
 def unknown_model(model_id: str) -> NotFound:
@@ -255,6 +271,14 @@ def create_http_app(backend: SearchBackend, cfg: ServeConfig, metrics: ServiceMe
         state = await backend.health()
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
+    async def reload(request: Request) -> Response:
+        expected = f"Bearer {cfg.admin_token}"
+        if not cfg.admin_token:
+            raise Forbidden("the admin API is disabled; set MODELSEEK_SERVE_ADMIN_TOKEN")
+        if not hmac.compare_digest(request.headers.get("authorization", ""), expected):
+            raise Forbidden("missing or wrong admin token (Authorization: Bearer <token>)")
+        return JSONResponse(await backend.reload())
+
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -265,6 +289,7 @@ def create_http_app(backend: SearchBackend, cfg: ServeConfig, metrics: ServiceMe
     routes = [
         Route("/", page),
         Route("/healthz", health),
+        Route("/v1/admin/reload", reload, methods=["POST"]),
         Route("/metrics", prometheus),
         Route("/v1/search", search, methods=["POST"]),
         Route("/v1/models", list_models),

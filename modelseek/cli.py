@@ -228,18 +228,27 @@ def _print_index_report(report: Any) -> None:
         print(f"index version {report.version} is up to date ({report.seconds:.1f} s)")
 
 
+# Lifecycle lines only: a line per request would drown the console under load.
+SERVE_LOGGING = {"log_level": "INFO", "enable_access_log": False}
+
+
 def start_service(index: Path, encoder: str | None, host: str, port: int) -> None:
-    """Deploy the Serve application for `index` on a running Ray and wait until it is ready."""
+    """Start Serve's HTTP proxy on host:port and deploy the application for `index` at /."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port}, logging_config=SERVE_LOGGING)
+    deploy_app(index, encoder)
+
+
+def deploy_app(
+    index: Path, encoder: str | None, name: str = "modelseek", route_prefix: str = "/"
+) -> None:
+    """Deploy (or update in place) the application for `index`; returns once it is ready."""
     from ray import serve
 
     build_app = importlib.import_module(APP_IMPORT_PATH).build_app
-    app = build_app(
-        {"index_root": str(index), "encoder": encoder, "serve": {"host": host, "port": port}}
-    )
-    # Lifecycle lines only: a line per request would drown the console under load.
-    quiet = {"log_level": "INFO", "enable_access_log": False}
-    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
-    serve.run(app, name="modelseek", route_prefix="/", logging_config=quiet)
+    app = build_app({"index_root": str(index), "encoder": encoder})
+    serve.run(app, name=name, route_prefix=route_prefix, logging_config=SERVE_LOGGING)
 
 
 def wait_for_ctrl_c(url: str) -> None:

@@ -57,6 +57,7 @@ class ServeConfig:
         encoder_batch_wait_s: how long it waits to fill a batch.
         eps: `ε`, added to every covariance's diagonal for the Gaussian density.
         tau: `τ`, the temperature of the second-moment and Monte-Carlo scores.
+        admin_token: bearer token of POST /v1/admin/reload; empty disables that route.
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +70,7 @@ class ServeConfig:
     encoder_batch_wait_s: float = 0.005
     eps: float = 1e-3
     tau: float = 0.01
+    admin_token: str = ""
 
 
 def with_env_overrides(config: T, section: str) -> T:

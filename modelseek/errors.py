@@ -41,6 +41,13 @@ class NotFound(ModelseekError):
     http_status = 404
 
 
+class Forbidden(ModelseekError):
+    """An admin route called without the right token, or while it is disabled."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class CatalogError(ModelseekError):
     """A catalog file is invalid: unknown field, duplicate id, missing source folder."""
 
@@ -53,6 +60,13 @@ class IndexCorrupt(ModelseekError):
 
     code = "index_corrupt"
     http_status = 500
+
+
+class IndexRefused(ModelseekError):
+    """A newly published index version cannot be served: corrupt, or in another space."""
+
+    code = "index_refused"
+    http_status = 409
 
 
 class EncoderMismatch(ModelseekError):

@@ -271,3 +271,50 @@ def test_a_dead_scorer_is_reported_missing_then_replaced(http):
     )
     healed = poll(http, lambda b: "results" in b and not b["missing_shards"])
     assert len(healed["results"]) == 5
+
+
+def test_admin_reload_serves_a_newly_published_version_without_restart(
+    zoo, service, http, monkeypatch
+):
+    import httpx
+    from ray import serve
+
+    from modelseek.cli import deploy_app
+    from shards.stats import concat_shards, with_metadata
+
+    assert_error(http.post("/v1/admin/reload"), 403, "forbidden", "disabled")
+
+    # A second application on the same Serve instance, with a token, over a copy of the index.
+    root = zoo[1].parent / "index-reload"
+    shutil.copytree(zoo[1], root, dirs_exist_ok=True)
+    monkeypatch.setenv("MODELSEEK_SERVE_ADMIN_TOKEN", "s3cret")
+    deploy_app(root, None, name="reload-test", route_prefix="/r")
+    with httpx.Client(base_url=f"{service}/r", timeout=60) as admin:
+        before = admin.get("/healthz").json()["index_version"]
+        assert_error(
+            admin.post("/v1/admin/reload", headers={"authorization": "Bearer no"}),
+            403,
+            "forbidden",
+            "wrong admin token",
+        )
+
+        manifest = store.read_manifest(root)
+        stats = concat_shards([store.load_shard(root, manifest, i) for i in range(2)])
+        renamed = {
+            i: {**m, "name": "Renamed " + m["name"]}
+            for i, m in zip(stats.ids, stats.metadata, strict=True)
+        }
+        stats = with_metadata(stats, renamed)
+        parts = [stats.select(range(s.start, s.stop)) for s in store.split_contiguous(5, 2)]
+        store.write_index(
+            root,
+            parts,
+            {"feature_space": manifest.feature_space, "encoder": manifest.encoder, "settings": {}},
+        )
+
+        answer = admin.post("/v1/admin/reload", headers={"authorization": "Bearer s3cret"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"version": "000002", "previous": before}
+        assert admin.get("/healthz").json()["index_version"] == "000002"
+        assert admin.get("/v1/models/face-dcgan-64").json()["name"].startswith("Renamed ")
+    serve.delete("reload-test")
