@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print the raw JSON answer")
     query.set_defaults(run=run_query)
 
+    reload = commands.add_parser(
+        "reload", help="make a running service serve the index version just published"
+    )
+    reload.add_argument("--url", default=DEFAULT_URL)
+    reload.add_argument(
+        "--token",
+        default=os.environ.get("MODELSEEK_SERVE_ADMIN_TOKEN"),
+        help="the service's admin token (default: $MODELSEEK_SERVE_ADMIN_TOKEN)",
+    )
+    reload.set_defaults(run=run_reload)
+
     demo = commands.add_parser("demo", help="index the built-in zoo, serve it, show answers")
     demo.add_argument("--data-dir", type=Path, default=DEMO_DIR)
     demo.add_argument("--encoder", help="default: CLIP ViT-B-32 if cached, else hermetic")
@@ -357,6 +368,26 @@ def run_query(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     else:
         print_results(answer)
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    if not args.token:
+        raise ValueError("no admin token: pass --token or set MODELSEEK_SERVE_ADMIN_TOKEN")
+    headers = {"authorization": f"Bearer {args.token}"}
+    try:
+        answer = httpx.post(f"{args.url}/v1/admin/reload", headers=headers, timeout=120)
+    except httpx.HTTPError as err:
+        print(f"modelseek reload: cannot reach {args.url}: {err}", file=sys.stderr)
+        return 2
+    body = answer.json()
+    if answer.status_code != 200:
+        print(
+            f"modelseek reload: HTTP {answer.status_code}: {body['error']['message']}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"serving index version {body['version']} (was {body['previous']})")
     return 0
 
 
