@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="index the built-in zoo, serve it, show answers")
     demo.add_argument("--data-dir", type=Path, default=DEMO_DIR)
-    demo.add_argument("--encoder", help="default: CLIP ViT-B-32 if cached, else hermetic")
+    demo.add_argument("--encoder", help="default: CLIP ViT-B-32 if cached, else lite")
     demo.add_argument("--exit", action="store_true", help="stop after the example queries")
     _add_index_args(demo)
     _add_serve_args(demo)
@@ -130,8 +130,9 @@ def _add_encoder_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--encoder",
         default=DEFAULT_ENCODER,
-        help="feature space: 'clip:MODEL:PRETRAINED_TAG', 'clip:MODEL:/path/checkpoint', or "
-        f"'hermetic' (tiny random-weight model for tests); default {DEFAULT_ENCODER}",
+        help="feature space: 'clip:MODEL:PRETRAINED_TAG', 'clip:MODEL:/path/checkpoint', "
+        "'lite' (EfficientNet-Lite0 + MiniLM, offline) or 'hermetic' (tiny random-weight model "
+        f"for tests); default {DEFAULT_ENCODER}",
     )
 
 

@@ -1,4 +1,4 @@
-"""Feature spaces: open_clip encoders mapping images and texts to L2-normalised `d`-dim features."""
+"""Feature spaces: encoders mapping images and texts to L2-normalised `d`-dim features."""
 
 import functools
 import hashlib
@@ -23,6 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from modelseek.errors import EncoderUnavailable
+from modelseek.lite import (
+    LITE_ENCODER,
+    LITE_MODEL,
+    lite_space_id,
+    load_lite_model,
+    why_lite_unavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +55,7 @@ ID_DIGEST_CHARS = 12
 DEFAULT_ENCODER_PRETRAINED_CFG = {"hf_hub": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"}
 
 _ACCEPTED_FORMS = (
-    f"'{HERMETIC_ENCODER}', 'clip:MODEL:TAG' (an open_clip pretrained tag, e.g. "
+    f"'{LITE_ENCODER}', '{HERMETIC_ENCODER}', 'clip:MODEL:TAG' (an open_clip pretrained tag, e.g. "
     f"'{DEFAULT_ENCODER}') or 'clip:MODEL:PATH' (a local checkpoint, e.g. "
     "'clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin')"
 )
@@ -64,9 +71,11 @@ class EncoderSpec:
     """Which encoder builds a feature space; `parse_encoder_spec` makes one from text.
 
     Attributes:
-        kind: "clip" (an open_clip model with trained weights) or "hermetic" (a tiny open_clip
-            model with fixed-seed random weights, for tests and offline runs).
-        model: an open_clip model name, e.g. "ViT-B-32", or "hermetic-tiny".
+        kind: "clip" (an open_clip model with trained weights), "lite" (EfficientNet-Lite0 and
+            MiniLM joined by trained projections, offline; see `modelseek.lite`) or
+            "hermetic" (a tiny open_clip model with fixed-seed random weights, for tests).
+        model: an open_clip model name, e.g. "ViT-B-32", "effnet-lite0+minilm" or
+            "hermetic-tiny".
         pretrained: an open_clip pretrained tag, an absolute checkpoint path, or None.
     """
 
@@ -84,6 +93,8 @@ class EncoderSpec:
     def __str__(self) -> str:
         if self.kind == "hermetic":
             return HERMETIC_ENCODER
+        if self.kind == "lite":
+            return LITE_ENCODER
         return f"{self.kind}:{self.model}:{self.pretrained}"
 
 
@@ -94,9 +105,9 @@ def parse_encoder_spec(text: str) -> EncoderSpec:
     working directory.
 
     Args:
-        text: "hermetic", "clip:MODEL:TAG" or "clip:MODEL:PATH"; a path is told from a tag by a
-            path separator, a leading "~" or ".", or a checkpoint suffix (.pt, .pth, .bin,
-            .safetensors).
+        text: "lite", "hermetic", "clip:MODEL:TAG" or "clip:MODEL:PATH"; a path is told from a
+            tag by a path separator, a leading "~" or ".", or a checkpoint suffix (.pt, .pth,
+            .bin, .safetensors).
 
     Raises:
         TypeError: `text` is not a string.
@@ -108,6 +119,8 @@ def parse_encoder_spec(text: str) -> EncoderSpec:
     stripped = text.strip()
     if stripped == HERMETIC_ENCODER:
         return EncoderSpec(kind="hermetic", model=HERMETIC_MODEL, pretrained=None)
+    if stripped == LITE_ENCODER:
+        return EncoderSpec(kind="lite", model=LITE_MODEL, pretrained=None)
 
     kind, _, rest = stripped.partition(":")
     model, _, pretrained = rest.partition(":")
@@ -142,14 +155,16 @@ class FeatureSpace:
     Attributes:
         id: the feature space recorded in index manifests, e.g.
             "open_clip/ViT-B-32/laion2b_s34b_b79k", "open_clip/ViT-B-32/ckpt-<12 hex of the
-            file's sha256>" or "open_clip/hermetic-tiny/<12 hex of the state dict's sha256>".
-            Two spaces with one id give the same features.
+            file's sha256>", "open_clip/hermetic-tiny/<12 hex of the state dict's sha256>" or
+            "lite/effnet-lite0+minilm/<12 hex of the projection file's sha256>". Two spaces
+            with one id give the same features.
         dim: `d`, the feature dimension.
         spec: the encoder this space was built from.
         device: the torch device the model runs on.
         preprocess_cfg: open_clip's image preprocessing settings of the model (size, mean,
             std, interpolation, resize_mode).
-        model: the open_clip model, in eval mode (e.g. to save its weights as a checkpoint).
+        model: the open_clip model (or the lite space's `LiteModel`), in eval mode (e.g. to
+            save its weights as a checkpoint).
     """
 
     def __init__(
@@ -474,9 +489,22 @@ def _build_clip(spec: EncoderSpec, device: torch.device) -> FeatureSpace:
     )
 
 
+def _build_lite(spec: EncoderSpec, device: torch.device) -> FeatureSpace:
+    model, tokenizer = load_lite_model()
+    return FeatureSpace(
+        spec=spec,
+        space_id=model.space_id,
+        model=model.to(device),
+        tokenizer=tokenizer,
+        dim=model.dim,
+        device=device,
+    )
+
+
 _BUILDERS: dict[str, Callable[[EncoderSpec, torch.device], FeatureSpace]] = {
     "clip": _build_clip,
     "hermetic": _build_hermetic,
+    "lite": _build_lite,
 }
 
 
@@ -689,34 +717,56 @@ def _state_dict_digest(model: torch.nn.Module) -> str:
 def describe_feature_space(spec: str | EncoderSpec) -> str:
     """The id a feature space will have, loading no weights where the id does not need them.
 
-    A pretrained tag costs nothing, a checkpoint path one hash of the file (cached per
-    process), and the hermetic encoder a build of its tiny model (cached per process).
+    A pretrained tag costs nothing, a checkpoint path or the lite space one hash of a file
+    (cached per process), and the hermetic encoder a build of its tiny model (cached per
+    process).
 
     Raises:
         ValueError: `spec` is not understood.
-        EncoderUnavailable: a checkpoint path does not exist.
+        EncoderUnavailable: a checkpoint path, or the lite space's projection file, does not
+            exist.
     """
     if isinstance(spec, str):
         spec = parse_encoder_spec(spec)
     if spec.kind == "clip":
         return _clip_space_id(spec)
+    if spec.kind == "lite":
+        return lite_space_id()
     return load_feature_space(spec).id
 
 
 def pick_demo_encoder() -> str:
-    """The encoder for the demo: the default one if its weights are cached, else the hermetic.
+    """The encoder for the demo: the default one if its weights are cached, else the lite one.
 
-    Never touches the network and imports no open_clip, so it answers in well under a second.
+    The hermetic encoder is the last resort, when the lite space's weight packages are not
+    installed. Never touches the network and imports no open_clip or tower weights, so it
+    answers in well under a second.
     """
     if find_cached_checkpoint(DEFAULT_ENCODER_PRETRAINED_CFG) is not None:
         return DEFAULT_ENCODER
 
+    remedy = (
+        "For CLIP features pass --encoder with a pretrained tag (downloaded on first use when "
+        f"online), e.g. --encoder {DEFAULT_ENCODER}, or with a local checkpoint: "
+        "--encoder clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin"
+    )
+    missing = f"the weights of {DEFAULT_ENCODER} are not in the local Hugging Face cache"
+    lite_problem = why_lite_unavailable()
+    if not lite_problem:
+        warnings.warn(
+            f"{missing}, so the demo runs with the {LITE_ENCODER!r} encoder: EfficientNet-Lite0 "
+            "image and MiniLM text features joined by projections trained on a few thousand "
+            "captioned emoji, clip art, stamps and digits; rankings are meaningful but coarser "
+            f"than CLIP's, and text queries far from that vocabulary rank poorly. {remedy}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return LITE_ENCODER
+
     warnings.warn(
-        f"the weights of {DEFAULT_ENCODER} are not in the local Hugging Face cache, so the demo "
-        f"runs with the {HERMETIC_ENCODER!r} encoder: features from random weights, whose "
-        "text rankings are not meaningful. For real features pass --encoder with a pretrained "
-        f"tag (downloaded on first use when online), e.g. --encoder {DEFAULT_ENCODER}, or with "
-        "a local checkpoint: --encoder clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin",
+        f"{missing} and the {LITE_ENCODER!r} encoder is unavailable ({lite_problem}), so the "
+        f"demo runs with the {HERMETIC_ENCODER!r} encoder: features from random weights, whose "
+        f"text rankings are not meaningful. {remedy}",
         UserWarning,
         stacklevel=2,
     )

@@ -370,13 +370,18 @@ def test_demo_uses_the_default_encoder_when_cached(empty_hub_cache: Path) -> Non
         assert pick_demo_encoder() == DEFAULT_ENCODER
 
 
-def test_demo_falls_back_to_hermetic_with_a_warning(empty_hub_cache: Path) -> None:
+def test_demo_falls_back_to_hermetic_with_a_warning(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the lite space's weight packages; with them the demo picks lite (test_lite.py).
+    monkeypatch.setattr(features, "why_lite_unavailable", lambda: "missing packages: x")
     started = time.perf_counter()
 
     with pytest.warns(UserWarning, match="random weights") as caught:
         assert pick_demo_encoder() == HERMETIC_ENCODER
 
     assert time.perf_counter() - started < 2.0
+    assert "missing packages: x" in str(caught[0].message)
     assert "--encoder clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin" in str(caught[0].message)
 
 
