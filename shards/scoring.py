@@ -4,9 +4,12 @@ Shape letters: `q` queries, `n` models, `d` feature dim, `r` covariance rank, `m
 samples. Every kernel maps a (q, d) query block to a (q, n) score block, higher is better.
 """
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +19,38 @@ from shards.stats import ShardStats
 
 logger = logging.getLogger(__name__)
 
-# Intermediate (q, n_block, width) tensors are capped at this many elements, so that scoring a
-# large shard needs memory proportional to the block, not to the shard.
-MAX_BLOCK_ELEMENTS = 1 << 25
+# Intermediate (q, n_block, width) tensors are capped at this many elements: scoring a large
+# shard needs memory proportional to the block, not to the shard, and a block of a few MB
+# stays in cache between the matrix product and the element-wise steps that follow it.
+MAX_BLOCK_ELEMENTS = 1 << 20
+# Tables are derived in float64 a chunk of models at a time, each float64 temporary capped at
+# this many elements (32 MB), so building 1M models costs little more than the tables.
+BUILD_BLOCK_ELEMENTS = 1 << 22
+# Rows of a table multiplied by one BLAS call: skinny (q, d) x (d, rows) products run ~1.8x
+# faster in blocks of about 2 MB (about L2) than in one call over a large table (q = 32).
+MATMUL_BLOCK_ELEMENTS = 1 << 19
+# Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
+# work to other threads costs more than it saves.
+PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+
+# The tables each method reads. Tables built for some methods only (`build_for`) hold these
+# and leave the others empty; the bytes they occupy are what a query must stream from memory.
+TABLES_READ: dict[str, tuple[str, ...]] = {
+    "first_moment": ("means_unit",),
+    "first_second_moment": ("means", "second_proj", "residuals"),
+    "first_second_moment_full": ("means", "full_cov"),
+    "gaussian_density": (
+        "means",
+        "means_sqnorm",
+        "gauss_proj",
+        "gauss_proj_mean",
+        "gauss_scale",
+        "gauss_const",
+    ),
+    "gaussian_density_full": ("full_whiten", "full_whiten_mean", "full_const"),
+    "monte_carlo": ("reservoir", "reservoir_log_count", "reservoir_mask"),
+}
+_FULL_TABLES = ("full_cov", "full_whiten", "full_whiten_mean", "full_const")
 
 
 def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -36,6 +68,9 @@ class ScoringTables:
         C⁻¹ = (I − V diag(λ / (λ + s)) Vᵀ) / s,  log|C| = Σ log(λ + s) + (d − r) log s.
     `gauss_proj` stores the rows of V scaled by sqrt(λ / (λ + s)), so the Mahalanobis term is
     (‖z − μ‖² − ‖U z − U μ‖²) / s, two matrix products for all models at once.
+
+    `means`, `full_cov` and `reservoir` may share memory with the statistics they came from
+    (no copy when the dtype and device already match); nothing writes to either.
     """
 
     num_models: int
@@ -58,6 +93,7 @@ class ScoringTables:
     full_whiten: torch.Tensor | None  # (n, d, d) L⁻¹ with L Lᵀ = Σ + εI
     full_whiten_mean: torch.Tensor | None  # (n, d) L⁻¹ μ
     full_const: torch.Tensor | None  # (n,) −½ (d log 2π + log|Σ + εI|)
+    methods: frozenset[str] | None = None  # the methods these tables serve; None: all of them
 
     @classmethod
     def build(
@@ -69,65 +105,165 @@ class ScoringTables:
         dtype: torch.dtype = torch.float32,
     ) -> "ScoringTables":
         """Derive the tables; constants are computed in float64 and then cast to `dtype`."""
+        return cls.build_for(stats, METHODS, eps, tau, device, dtype)
+
+    @classmethod
+    def build_for(
+        cls,
+        stats: ShardStats,
+        methods: Iterable[str],
+        eps: float,
+        tau: float,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "ScoringTables":
+        """Derive only the tables that `methods` read (TABLES_READ); the others stay empty.
+
+        A collection too large for every table at once (1M models at r = 16 need 33 GB per
+        projection) can still be scored by the methods whose tables fit; `score` refuses the
+        others by name. Values equal those of `build`.
+        """
+        methods = frozenset(methods)
+        unknown = methods - set(METHODS)
+        if unknown:
+            raise ValueError(
+                f"unknown methods {sorted(unknown)}; expected some of {sorted(METHODS)}"
+            )
+        wanted = {name for method in methods for name in TABLES_READ[method]}
         device = torch.device(device)
-        n, d, r = stats.num_models, stats.dim, stats.rank
-        f64 = np.float64
-        means = stats.means.astype(f64)
-        eigvals = stats.eigvals.astype(f64)
-        eigvecs = stats.eigvecs.astype(f64)
-        residuals = stats.residuals.astype(f64)
-        norms = np.linalg.norm(means, axis=1, keepdims=True)
-
-        scale = residuals + eps
-        shrink = np.sqrt(eigvals / (eigvals + scale[:, None]))
-        gauss_proj = eigvecs * shrink[:, :, None]
-        logdet = np.log(eigvals + scale[:, None]).sum(axis=1) + (d - r) * np.log(scale)
-        counts = stats.reservoir_counts
-        with np.errstate(divide="ignore"):
-            log_counts = np.log(counts.astype(f64))
-
-        tables = dict(
-            num_models=n,
-            dim=d,
-            rank=r,
+        tables = _derive_tables(stats, wanted, eps, device, dtype)
+        return cls(
+            num_models=stats.num_models,
+            dim=stats.dim,
+            rank=stats.rank,
             tau=tau,
-            means=_tensor(means, device, dtype),
-            means_sqnorm=_tensor((means**2).sum(axis=1), device, dtype),
-            means_unit=_tensor(means / np.maximum(norms, 1e-12), device, dtype),
-            second_proj=_tensor(
-                (eigvecs * np.sqrt(eigvals)[:, :, None]).reshape(n * r, d), device, dtype
-            ),
-            residuals=_tensor(residuals, device, dtype),
-            gauss_proj=_tensor(gauss_proj.reshape(n * r, d), device, dtype),
-            gauss_proj_mean=_tensor(np.einsum("nrd,nd->nr", gauss_proj, means), device, dtype),
-            gauss_scale=_tensor(scale, device, dtype),
-            gauss_const=_tensor(-0.5 * (d * math.log(2 * math.pi) + logdet), device, dtype),
-            reservoir=_tensor(stats.reservoir, device, dtype),
-            reservoir_log_count=_tensor(log_counts, device, dtype),
-            reservoir_mask=torch.as_tensor(
-                np.arange(stats.reservoir.shape[1])[None, :] < counts[:, None], device=device
-            ),
-            **_full_tables(stats, eps, device, dtype),
+            methods=methods,
+            **tables,
         )
-        return cls(**tables)
 
 
-def _full_tables(
-    stats: ShardStats, eps: float, device: torch.device, dtype: torch.dtype
+def _derive_tables(
+    stats: ShardStats, wanted: set[str], eps: float, device: torch.device, dtype: torch.dtype
 ) -> dict[str, torch.Tensor | None]:
-    if stats.covs is None:
-        return dict(full_cov=None, full_whiten=None, full_whiten_mean=None, full_const=None)
-    d = stats.dim
-    covs = stats.covs.astype(np.float64)
-    chol = np.linalg.cholesky(covs + eps * np.eye(d))
-    whiten = np.linalg.inv(chol)
-    logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-    return dict(
-        full_cov=_tensor(covs, device, dtype),
-        full_whiten=_tensor(whiten, device, dtype),
-        full_whiten_mean=_tensor(np.einsum("nij,nj->ni", whiten, stats.means), device, dtype),
-        full_const=_tensor(-0.5 * (d * math.log(2 * math.pi) + logdet), device, dtype),
+    n, d, r = stats.num_models, stats.dim, stats.rank
+    f64 = np.float64
+    eigvals = stats.eigvals.astype(f64)
+    residuals = stats.residuals.astype(f64)
+    scale = residuals + eps
+    logdet = np.log(eigvals + scale[:, None]).sum(axis=1) + (d - r) * np.log(scale)
+    counts = stats.reservoir_counts
+    with np.errstate(divide="ignore"):
+        log_counts = np.log(counts.astype(f64))
+    keep_full = stats.covs is not None
+
+    def empty(shape: tuple[int, ...], name: str, kind: torch.dtype = dtype) -> torch.Tensor:
+        return torch.empty(shape if name in wanted else (0,), dtype=kind, device=device)
+
+    def direct(name: str, make: Callable[[], np.ndarray]) -> torch.Tensor:
+        return _tensor(make(), device, dtype) if name in wanted else empty((0,), name)
+
+    tables: dict[str, torch.Tensor | None] = dict(
+        means=direct("means", lambda: stats.means),
+        means_sqnorm=empty((n,), "means_sqnorm"),
+        means_unit=empty((n, d), "means_unit"),
+        second_proj=empty((n * r, d), "second_proj"),
+        residuals=direct("residuals", lambda: residuals),
+        gauss_proj=empty((n * r, d), "gauss_proj"),
+        gauss_proj_mean=empty((n, r), "gauss_proj_mean"),
+        gauss_scale=direct("gauss_scale", lambda: scale),
+        gauss_const=direct("gauss_const", lambda: -0.5 * (d * math.log(2 * math.pi) + logdet)),
+        reservoir=direct("reservoir", lambda: stats.reservoir),
+        reservoir_log_count=direct("reservoir_log_count", lambda: log_counts),
+        reservoir_mask=torch.as_tensor(
+            np.arange(stats.reservoir.shape[1])[None, :] < counts[:, None], device=device
+        )
+        if "reservoir_mask" in wanted
+        else empty((0,), "reservoir_mask", torch.bool),
+        full_cov=direct("full_cov", lambda: stats.covs) if keep_full else None,
+        full_whiten=empty((n, d, d), "full_whiten") if keep_full else None,
+        full_whiten_mean=empty((n, d), "full_whiten_mean") if keep_full else None,
+        full_const=empty((n,), "full_const") if keep_full else None,
     )
+    derived = {
+        name
+        for name, table in tables.items()
+        if name in wanted and table is not None and name not in _DIRECT_TABLES
+    }
+    full = derived & set(_FULL_TABLES)
+    step = max(1, BUILD_BLOCK_ELEMENTS // (d * max(r, 1, d if full else 1)))
+    for start in range(0, n, step) if derived else ():
+        rows = slice(start, min(start + step, n))
+        _fill_lowrank_chunk(stats, rows, scale, derived, tables)
+        if full:
+            _fill_full_chunk(stats, rows, eps, derived, tables)
+    return tables
+
+
+_DIRECT_TABLES = (
+    "means",
+    "residuals",
+    "gauss_scale",
+    "gauss_const",
+    "reservoir",
+    "reservoir_log_count",
+    "reservoir_mask",
+    "full_cov",
+)
+
+
+def _fill_lowrank_chunk(
+    stats: ShardStats,
+    rows: slice,
+    scale: np.ndarray,
+    names: set[str],
+    tables: dict[str, torch.Tensor | None],
+) -> None:
+    """Write the mean and low-rank tables of models `rows`, computed in float64."""
+    r, d = stats.rank, stats.dim
+    flat = slice(rows.start * r, rows.stop * r)
+    means = stats.means[rows].astype(np.float64)
+    eigvals = stats.eigvals[rows].astype(np.float64)
+    eigvecs = stats.eigvecs[rows].astype(np.float64)
+
+    def put(name: str, where: slice, make: Callable[[], np.ndarray]) -> None:
+        if name in names:
+            tables[name][where] = torch.from_numpy(np.ascontiguousarray(make()))
+
+    put("means_sqnorm", rows, lambda: (means**2).sum(axis=1))
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    put("means_unit", rows, lambda: means / np.maximum(norms, 1e-12))
+    put("second_proj", flat, lambda: (eigvecs * np.sqrt(eigvals)[:, :, None]).reshape(-1, d))
+    if names & {"gauss_proj", "gauss_proj_mean"}:
+        shrink = np.sqrt(eigvals / (eigvals + scale[rows, None]))
+        gauss_proj = eigvecs * shrink[:, :, None]
+        put("gauss_proj", flat, lambda: gauss_proj.reshape(-1, d))
+        put("gauss_proj_mean", rows, lambda: np.einsum("nrd,nd->nr", gauss_proj, means))
+
+
+def _fill_full_chunk(
+    stats: ShardStats,
+    rows: slice,
+    eps: float,
+    names: set[str],
+    tables: dict[str, torch.Tensor | None],
+) -> None:
+    """Write the whitening tables of models `rows`: Cholesky and triangular inverse in float64."""
+    d = stats.dim
+    covs = torch.from_numpy(stats.covs[rows].astype(np.float64))
+    # torch's batched Cholesky and triangular solve rather than numpy's: numpy's OpenBLAS
+    # LAPACK ran 10x slower with two threads on the busy 2-core machine, and a triangular
+    # solve is half the work of a general inverse.
+    chol = torch.linalg.cholesky(covs + eps * torch.eye(d, dtype=torch.float64))
+    eye = torch.eye(d, dtype=torch.float64).expand_as(chol)
+    whiten = torch.linalg.solve_triangular(chol, eye, upper=False)
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)
+    if "full_whiten" in names:
+        tables["full_whiten"][rows] = whiten
+    if "full_whiten_mean" in names:
+        means = torch.from_numpy(stats.means[rows].astype(np.float64))
+        tables["full_whiten_mean"][rows] = torch.einsum("nij,nj->ni", whiten, means)
+    if "full_const" in names:
+        tables["full_const"][rows] = -0.5 * (d * math.log(2 * math.pi) + logdet)
 
 
 def _unit(queries: torch.Tensor) -> torch.Tensor:
@@ -139,35 +275,123 @@ def _model_blocks(num_models: int, num_queries: int, width: int) -> list[slice]:
     return [slice(i, min(i + per_block, num_models)) for i in range(0, num_models, per_block)]
 
 
+def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """block @ tableᵀ, (q, w) x (rows, w) -> (q, rows): the product every kernel spends its time in.
+
+    On the CPU it runs through numpy's BLAS (OpenBLAS), single-threaded, with the rows split
+    over `torch.get_num_threads()` Python threads. torch's bundled MKL takes generic code paths
+    on AMD CPUs: on the 2-core EPYC it streamed a matrix-vector product at ~11 GB/s where
+    OpenBLAS reaches the memory bound (~25 GB/s), and (32, d) products ran at half the speed.
+    OpenBLAS's own worker threads are not used because they spin between calls and starve
+    torch's OpenMP threads (8 ms lost per call on 2 cores). Elsewhere (CUDA, gradients, other
+    dtypes) it is torch's own matmul.
+    """
+    if (
+        block.device.type != "cpu"
+        or block.dtype not in (torch.float32, torch.float64)
+        or block.dtype != table.dtype
+        or block.shape[0] == 0
+        or block.requires_grad
+        or table.requires_grad
+    ):
+        return block @ table.T
+    left, right = block.numpy(), table.numpy()
+    out = np.empty((left.shape[0], right.shape[0]), dtype=left.dtype)
+    workers = max(1, torch.get_num_threads()) if right.size >= PARALLEL_MATMUL_MIN_ELEMENTS else 1
+    if left.shape[0] == 1:
+        # A matrix-vector product streams fastest as one long call per thread.
+        step = -(-right.shape[0] // workers)
+    else:
+        step = max(1, MATMUL_BLOCK_ELEMENTS // max(1, right.shape[1]))
+    chunks = [slice(start, start + step) for start in range(0, right.shape[0], step)]
+
+    def multiply(mine: list[slice]) -> None:
+        for cols in mine:
+            if left.shape[0] == 1:
+                np.matmul(right[cols], left[0], out=out[0, cols])
+            else:
+                np.matmul(left, right[cols].T, out=out[:, cols])
+
+    _pin_numpy_blas_to_one_thread()
+    if workers == 1:
+        multiply(chunks)
+    else:
+        shares = [chunks[first::workers] for first in range(workers)]
+        list(_blas_executor(workers).map(multiply, shares))
+    return torch.from_numpy(out)
+
+
+@functools.cache
+def _pin_numpy_blas_to_one_thread() -> None:
+    # numpy's OpenBLAS only: scipy's and torch's libraries keep their settings.
+    from threadpoolctl import ThreadpoolController
+
+    for library in ThreadpoolController().lib_controllers:
+        if library.internal_api == "openblas" and "numpy" in library.filepath:
+            library.set_num_threads(1)
+            logger.debug("numpy's OpenBLAS at %s set to one thread", library.filepath)
+
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def _blas_executor(workers: int) -> ThreadPoolExecutor:
+    with _executors_lock:
+        if workers not in _executors:
+            _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="scoring-blas")
+        return _executors[workers]
+
+
 def score_first_moment(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     """cos(q, μ)."""
-    return _unit(queries) @ t.means_unit.T
+    return _matmul_nt(_unit(queries), t.means_unit)
 
 
 def score_first_second_moment(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     """μᵀq̃/τ + q̃ᵀΣq̃/(2τ²) with the low-rank Σ: log E[exp(hᵀq̃/τ)] for h ~ N(μ, Σ)."""
     unit = _unit(queries)
-    q = unit.shape[0]
-    projected = (unit @ t.second_proj.T).view(q, t.num_models, t.rank)
-    quad = projected.square().sum(dim=2) + t.residuals * unit.square().sum(dim=1, keepdim=True)
-    return (unit @ t.means.T) / t.tau + quad / (2 * t.tau**2)
+    q, r = unit.shape[0], t.rank
+    unit_sqnorm = unit.square().sum(dim=1, keepdim=True)
+    out = _matmul_nt(unit, t.means) / t.tau
+    for block in _model_blocks(t.num_models, q, r):
+        width = block.stop - block.start
+        projected = _matmul_nt(unit, t.second_proj[block.start * r : block.stop * r])
+        quad = projected.view(q, width, r).square_().sum(dim=2)
+        quad += t.residuals[block] * unit_sqnorm
+        out[:, block] += quad / (2 * t.tau**2)
+    return out
 
 
 def score_first_second_moment_full(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     """As `score_first_second_moment` with the full covariance."""
     cov = _require_full(t.full_cov, "first_second_moment_full")
     unit = _unit(queries)
-    quad = torch.einsum("qi,nij,qj->qn", unit, cov, unit)
-    return (unit @ t.means.T) / t.tau + quad / (2 * t.tau**2)
+    q, d = unit.shape
+    out = _matmul_nt(unit, t.means) / t.tau
+    for block in _model_blocks(t.num_models, q, d):
+        # Σq̃ for every model of the block at once; q̃ᵀΣq̃ is then a row-wise dot product.
+        turned = _matmul_nt(unit, cov[block].reshape(-1, d)).view(q, -1, d)
+        quad = (turned * unit[:, None, :]).sum(dim=2)
+        out[:, block] += quad / (2 * t.tau**2)
+    return out
 
 
 def score_gaussian_density(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     """log N(z; μ, V diag(λ) Vᵀ + (σ² + ε)I) on the raw query, in the Woodbury form."""
-    q = queries.shape[0]
-    sq_dist = queries.square().sum(dim=1, keepdim=True) - 2 * queries @ t.means.T + t.means_sqnorm
-    projected = (queries @ t.gauss_proj.T).view(q, t.num_models, t.rank) - t.gauss_proj_mean
-    mahalanobis = (sq_dist - projected.square().sum(dim=2)) / t.gauss_scale
-    return t.gauss_const - 0.5 * mahalanobis
+    q, r = queries.shape[0], t.rank
+    out = (
+        queries.square().sum(dim=1, keepdim=True)
+        - 2 * _matmul_nt(queries, t.means)
+        + t.means_sqnorm
+    )
+    for block in _model_blocks(t.num_models, q, r):
+        width = block.stop - block.start
+        projected = _matmul_nt(queries, t.gauss_proj[block.start * r : block.stop * r])
+        projected = projected.view(q, width, r).sub_(t.gauss_proj_mean[block])
+        mahalanobis = (out[:, block] - projected.square_().sum(dim=2)) / t.gauss_scale[block]
+        out[:, block] = t.gauss_const[block] - 0.5 * mahalanobis
+    return out
 
 
 def score_gaussian_density_full(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
@@ -176,7 +400,7 @@ def score_gaussian_density_full(t: ScoringTables, queries: torch.Tensor) -> torc
     q, d = queries.shape
     out = torch.empty(q, t.num_models, dtype=queries.dtype, device=queries.device)
     for block in _model_blocks(t.num_models, q, d):
-        white = (queries @ whiten[block].reshape(-1, d).T).view(q, -1, d)
+        white = _matmul_nt(queries, whiten[block].reshape(-1, d)).view(q, -1, d)
         mahalanobis = (white - t.full_whiten_mean[block]).square().sum(dim=2)
         out[:, block] = t.full_const[block] - 0.5 * mahalanobis
     return out
@@ -189,7 +413,7 @@ def score_monte_carlo(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     m = t.reservoir.shape[1]
     out = torch.empty(q, t.num_models, dtype=unit.dtype, device=unit.device)
     for block in _model_blocks(t.num_models, q, m):
-        logits = (unit @ t.reservoir[block].reshape(-1, d).T).view(q, -1, m) / t.tau
+        logits = _matmul_nt(unit, t.reservoir[block].reshape(-1, d)).view(q, -1, m) / t.tau
         logits = logits.masked_fill(~t.reservoir_mask[block], float("-inf"))
         out[:, block] = torch.logsumexp(logits, dim=2) - t.reservoir_log_count[block]
     return out
@@ -214,6 +438,7 @@ METHODS: dict[str, Kernel] = {
     "gaussian_density_full": score_gaussian_density_full,
     "monte_carlo": score_monte_carlo,
 }
+assert set(METHODS) == set(TABLES_READ), "every method lists the tables it reads"
 
 
 def probability_temperature(method: str, tau: float) -> float:
@@ -231,8 +456,14 @@ def score(tables: ScoringTables, method: str, queries: torch.Tensor) -> torch.Te
         kernel = METHODS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}") from None
+    if tables.methods is not None and method not in tables.methods:
+        raise ValueError(
+            f"these tables were built for {sorted(tables.methods)}, not {method!r}; "
+            "build them with ScoringTables.build (every method) or build_for including it"
+        )
     if queries.ndim != 2 or queries.shape[1] != tables.dim:
         raise ValueError(f"queries must be (q, {tables.dim}), got {tuple(queries.shape)}")
     with torch.inference_mode():
         scores = kernel(tables, queries.to(tables.means.dtype))
-        return torch.nan_to_num(scores, nan=float("-inf"))
+        # Every kernel returns a fresh tensor, so it is cleaned in place.
+        return scores.nan_to_num_(nan=float("-inf"))
