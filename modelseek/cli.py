@@ -121,7 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_args(demo)
     _add_serve_args(demo)
     demo.set_defaults(run=run_demo)
+
+    bench = commands.add_parser(
+        "bench", help="time every scoring method on simulated collections (the paper's Table 3)"
+    )
+    _add_bench_args(bench)
+    bench.set_defaults(run=run_bench)
     return parser
+
+
+def _add_bench_args(parser: argparse.ArgumentParser) -> None:
+    from modelseek.bench import add_arguments
+
+    add_arguments(parser)
 
 
 def _add_encoder_arg(parser: argparse.ArgumentParser) -> None:
@@ -431,6 +443,19 @@ def run_demo(args: argparse.Namespace) -> int:
             wait_for_ctrl_c(url)
     finally:
         shutdown_ray()
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from modelseek.bench import command_line, config_from_args, render_markdown
+    from modelseek.bench import run_bench as measure
+
+    cfg = config_from_args(args)
+    report = render_markdown(measure(cfg, command_line(cfg, args.out)))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    print(report)
     return 0
 
 
