@@ -65,7 +65,9 @@ def score_experts(
         raise ValueError("a query needs at least one expert")
     per_expert = []
     for expert in experts:
-        block = torch.as_tensor(expert.features, device=tables.means.device)
+        # Features arrive read-only from Ray's object store; torch needs a writable array.
+        features = np.require(expert.features, requirements=["C", "W"])
+        block = torch.as_tensor(features, device=tables.means.device)
         per_expert.append(score(tables, expert.method, block).mean(dim=0))
 
     if len(experts) == 1 and experts[0].weight == 1.0:
