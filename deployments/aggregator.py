@@ -218,16 +218,7 @@ class Aggregator:
         manifest, answers, missing = await self._fan_out(
             lambda s: s.search.remote(experts, k, filters)
         )
-        started = time.perf_counter()
-        results = merge_answers(answers, k, self._records, experts, self._tau)
-        return SearchResult(
-            results,
-            manifest.version,
-            manifest.feature_space,
-            missing,
-            score_s=max((a.seconds for a in answers), default=0.0),
-            merge_s=time.perf_counter() - started,
-        )
+        return self._merge(manifest, answers, missing, k, experts)
 
     async def similar(self, model_id: str, k: int, filters: Filters) -> SearchResult | None:
         """The k models nearest to `model_id` by exact Fréchet distance, itself excluded.
@@ -244,8 +235,18 @@ class Aggregator:
         manifest, answers, missing = await self._fan_out(
             lambda s: s.similar.remote(query, k, filters, model_id)
         )
+        return self._merge(manifest, answers, missing, k, None)
+
+    def _merge(
+        self,
+        manifest: store.Manifest,
+        answers: list[ShardAnswer],
+        missing: list[dict],
+        k: int,
+        experts: list[Expert] | None,
+    ) -> SearchResult:
         started = time.perf_counter()
-        results = merge_answers(answers, k, self._records, None, self._tau)
+        results = merge_answers(answers, k, self._records, experts, self._tau)
         return SearchResult(
             results,
             manifest.version,
