@@ -39,6 +39,8 @@ DIM = 512
 COV_NOISE = 0.1
 # Elements generated per step of the simulation (float32), to bound its temporaries.
 SIMULATE_BLOCK_ELEMENTS = 1 << 24
+# Passes of the bandwidth probe before each method.
+BANDWIDTH_PROBE_REPEATS = 3
 # A timed sample repeats a fast call until it lasts this long, so timer resolution and
 # one-off hiccups do not dominate sub-millisecond cases.
 MIN_SAMPLE_S = 0.05
@@ -113,6 +115,7 @@ class Case:
 
     Attributes:
         bytes_read: bytes of the tables the method streams per query block.
+        bandwidth: read bandwidth measured just before the method, bytes per second.
         build_s: seconds ScoringTables.build_for took for this method.
         peak_extra_bytes: RSS high-water while timing, above the RSS before (the scoring
             temporaries); None where /proc cannot reset the high-water mark.
@@ -130,6 +133,7 @@ class Case:
     seconds: float
     repeats: int
     bytes_read: int
+    bandwidth: float
     build_s: float
     peak_extra_bytes: int | None
     process_peak_bytes: int | None = None
@@ -447,16 +451,27 @@ def median_seconds(
     return statistics.median(samples), len(samples)
 
 
-def measure_read_bandwidth(repeats: int = 7, num_bytes: int = 2 * 1024**3) -> list[float]:
-    """Bytes per second of torch.sum over a float32 tensor of `num_bytes`, one per repeat."""
-    values = torch.ones(num_bytes // 4)
-    values.sum()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        values.sum()
-        samples.append(num_bytes / (time.perf_counter() - started))
-    return samples
+class BandwidthProbe:
+    """Memory read bandwidth, from torch.sum over a float32 tensor held for the whole run.
+
+    The run measures it at the start, before every method and at the end: the machine is a
+    VM whose speed drifts with its neighbours, so each case is set against the bandwidth
+    measured just before it. The tensor adds `num_bytes` to the run's memory.
+    """
+
+    def __init__(self, num_bytes: int) -> None:
+        self.num_bytes = num_bytes
+        self._values = torch.ones(num_bytes // 4)
+        self._values.sum()
+
+    def measure(self, repeats: int) -> list[float]:
+        """Bytes per second, one sample per pass."""
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self._values.sum()
+            samples.append(self.num_bytes / (time.perf_counter() - started))
+        return samples
 
 
 # --- the per-model loop ---------------------------------------------------------------------
@@ -590,8 +605,14 @@ def time_faiss(tables: ScoringTables, queries: torch.Tensor, cfg: BenchConfig) -
 # --- the run --------------------------------------------------------------------------------
 
 
-def bench_method(collection: Collection, method: str, cfg: BenchConfig) -> list[Case]:
-    """Time `method` at the collection's size for every batch: loop, kernel, FAISS."""
+def bench_method(
+    collection: Collection, method: str, cfg: BenchConfig, probe: BandwidthProbe
+) -> tuple[list[Case], list[float]]:
+    """Time `method` at the collection's size for every batch: loop, kernel, FAISS.
+
+    Returns:
+        the cases, and the bandwidth samples measured just before timing them.
+    """
     stats = collection.stats_for(method)
     queries = {batch: simulate_queries(batch, cfg.seed + batch) for batch in cfg.batches}
     loops = {}
@@ -607,6 +628,8 @@ def bench_method(collection: Collection, method: str, cfg: BenchConfig) -> list[
         for name in TABLES_READ[method]
     )
 
+    bandwidth_samples = probe.measure(BANDWIDTH_PROBE_REPEATS)
+    bandwidth = statistics.median(bandwidth_samples)
     cases = []
     for batch, block in queries.items():
 
@@ -627,6 +650,7 @@ def bench_method(collection: Collection, method: str, cfg: BenchConfig) -> list[
                 seconds=seconds,
                 repeats=repeats,
                 bytes_read=bytes_read,
+                bandwidth=bandwidth,
                 build_s=build_s,
                 peak_extra_bytes=peak.extra_bytes,
                 process_peak_bytes=peak.process_bytes,
@@ -644,7 +668,7 @@ def bench_method(collection: Collection, method: str, cfg: BenchConfig) -> list[
             "-" if loop_s is None else f"{1e3 * loop_s / batch:.3f} ms",
             "-" if faiss_s is None else f"{1e3 * faiss_s / batch:.3f} ms",
         )
-    return cases
+    return cases, bandwidth_samples
 
 
 def cpu_jiffies() -> tuple[int, int]:
@@ -727,14 +751,16 @@ def run_bench(cfg: BenchConfig, command: str) -> BenchReport:
     busy_before, total_before = cpu_jiffies()
     own_before = _own_cpu_seconds()
     with limit_threads(cfg.threads):
-        report.bandwidth_samples += measure_read_bandwidth(num_bytes=cfg.bandwidth_bytes)
+        probe = BandwidthProbe(cfg.bandwidth_bytes)
+        report.bandwidth_samples += probe.measure(7)
         logger.info("read bandwidth %.1f GB/s", report.bandwidth / 1e9)
         for n in cfg.sizes:
             with tempfile.TemporaryDirectory(prefix="modelseek-bench-") as workdir:
                 collection = Collection(n, cfg, Path(workdir))
-                _bench_size(collection, cfg, report)
+                _bench_size(collection, cfg, report, probe)
                 collection.keep_only(set())
-        report.bandwidth_samples += measure_read_bandwidth(num_bytes=cfg.bandwidth_bytes)
+        report.bandwidth_samples += probe.measure(7)
+        del probe
     report.machine["load_end"] = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     report.wall_s = time.perf_counter() - started
     busy, total = cpu_jiffies()
@@ -757,7 +783,9 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _bench_size(collection: Collection, cfg: BenchConfig, report: BenchReport) -> None:
+def _bench_size(
+    collection: Collection, cfg: BenchConfig, report: BenchReport, probe: BandwidthProbe
+) -> None:
     n = collection.n
     budget_gb = cfg.memory_budget_bytes / 1024**3
     for position, method in enumerate(RUN_ORDER):
@@ -767,7 +795,9 @@ def _bench_size(collection: Collection, cfg: BenchConfig, report: BenchReport) -
             logger.info("n=%d %s skipped: %s", n, method, reason)
             report.skipped.append(Skipped(n, method, reason))
             continue
-        report.cases += bench_method(collection, method, cfg)
+        cases, bandwidth_samples = bench_method(collection, method, cfg, probe)
+        report.cases += cases
+        report.bandwidth_samples += bandwidth_samples
         later = {kind for m in RUN_ORDER[position + 1 :] for kind in STATISTICS_READ[m]}
         collection.keep_only(later)
 
@@ -775,22 +805,20 @@ def _bench_size(collection: Collection, cfg: BenchConfig, report: BenchReport) -
 # --- targets and the report -----------------------------------------------------------------
 
 
-def bound_fraction(case: Case, bandwidth: float) -> float:
-    """(bytes read / bandwidth) / measured time: 1.0 is as fast as memory allows."""
-    return case.bytes_read / bandwidth / case.seconds
+def bound_fraction(case: Case) -> float:
+    """(bytes read / bandwidth measured before it) / time: 1.0 is as fast as memory allows."""
+    return case.bytes_read / case.bandwidth / case.seconds
 
 
 def evaluate_targets(report: BenchReport) -> list[Target]:
     """The targets of issue 3 on this run; sizes default to those the issue names."""
     targets = []
-    bandwidth = report.bandwidth
-
     fm_1 = report.case(1_000_000, "first_moment", 1)
     targets.append(
         Target(
             "first moment, 1M models, batch 1: >= 80% of the bandwidth bound",
-            None if fm_1 is None else bound_fraction(fm_1, bandwidth) >= 0.8,
-            "not run" if fm_1 is None else f"{bound_fraction(fm_1, bandwidth):.0%} of the bound",
+            None if fm_1 is None else bound_fraction(fm_1) >= 0.8,
+            "not run" if fm_1 is None else f"{bound_fraction(fm_1):.0%} of the bound",
         )
     )
     fm_32 = report.case(1_000_000, "first_moment", 32)
@@ -824,7 +852,7 @@ def evaluate_targets(report: BenchReport) -> list[Target]:
                 )
             )
     gd = report.case(100_000, "gaussian_density", 1)
-    slowdown = None if gd is None else 1 / bound_fraction(gd, bandwidth)
+    slowdown = None if gd is None else 1 / bound_fraction(gd)
     targets.append(
         Target(
             f"gaussian_density (r = {report.config.rank}), 100K models, batch 1: within 1.5x "
@@ -879,14 +907,17 @@ def render_markdown(report: BenchReport) -> str:
         f"torch {machine['torch']}, numpy {machine['numpy']}, faiss {machine['faiss']}; "
         f"{machine['threads']} threads for torch, BLAS and FAISS. Load average (1, 5, 15 min) "
         f"{machine['load_start']} at the start and {machine.get('load_end', '?')} at the end; "
-        f"other processes kept {machine.get('others_cores', '?')} cores busy on average during "
-        "the run (from /proc/stat less this process), so every time is a median of repeats.",
+        f"other processes in the VM kept {machine.get('others_cores', '?')} cores busy on "
+        "average during the run (/proc/stat less this process); neighbours outside the VM show "
+        "only as drift in the bandwidth probes below. Every time is a median of repeats.",
         "",
         f"Memory read bandwidth: **{bandwidth / 1e9:.1f} GB/s** (median of "
         f"{len(report.bandwidth_samples)} `torch.sum` passes over a "
-        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 tensor, at "
-        f"the start and the end of the run; range {min(report.bandwidth_samples) / 1e9:.1f}"
-        f"–{max(report.bandwidth_samples) / 1e9:.1f} GB/s).",
+        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 tensor: 7 at the start and the end of "
+        f"the run, {BANDWIDTH_PROBE_REPEATS} before every method; range "
+        f"{min(report.bandwidth_samples) / 1e9:.1f}–{max(report.bandwidth_samples) / 1e9:.1f} "
+        "GB/s: the VM's speed drifts with its neighbours, so each case's bound uses the "
+        "bandwidth measured just before it).",
         "",
         "## How it was measured",
         "",
@@ -906,7 +937,8 @@ def render_markdown(report: BenchReport) -> str:
         f"repeats calls shorter than {MIN_SAMPLE_S * 1e3:.0f} ms), divided by the batch size. "
         "Queries are unit vectors.",
         "- Bound: bytes of the tables the method reads (its whole index: every model's "
-        "statistics must be read once per query block) / the measured bandwidth. "
+        "statistics must be read once per query block) / the bandwidth measured just before "
+        "the method. "
         "*Fraction* = bound / measured time; 100% is as fast as memory allows. Batch 32 "
         "reads the same bytes for 32 queries, so its time is compute, not memory.",
         "- Memory: *tables GB* is the bytes the method reads; *peak extra GB* the RSS high-water "
@@ -925,7 +957,7 @@ def render_markdown(report: BenchReport) -> str:
         "",
     ]
     lines += _paper_table(report)
-    lines += _detail_table(report, bandwidth)
+    lines += _detail_table(report)
     lines += _loop_table(report)
     lines += _faiss_table(report)
     if report.skipped:
@@ -960,20 +992,20 @@ def _paper_table(report: BenchReport) -> list[str]:
     return lines
 
 
-def _detail_table(report: BenchReport, bandwidth: float) -> list[str]:
+def _detail_table(report: BenchReport) -> list[str]:
     lines = [
         "## Every case",
         "",
-        "| models | method | r | batch | ms/query | ms/batch | tables GB | bound ms | fraction "
-        "| peak extra GB | process RSS GB | build s | samples |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| models | method | r | batch | ms/query | ms/batch | tables GB | GB/s before | bound ms "
+        "| fraction | peak extra GB | process RSS GB | build s | samples |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report.cases:
-        bound_s = c.bytes_read / bandwidth
+        bound_s = c.bytes_read / c.bandwidth
         lines.append(
             f"| {_size(c.size)} | {c.method} | {c.rank or '—'} | {c.batch} "
             f"| {_ms(c.seconds / c.batch)} | {_ms(c.seconds)} | {_gb(c.bytes_read)} "
-            f"| {_ms(bound_s)} | {bound_fraction(c, bandwidth):.0%} "
+            f"| {c.bandwidth / 1e9:.1f} | {_ms(bound_s)} | {bound_fraction(c):.0%} "
             f"| {_gb(c.peak_extra_bytes)} | {_gb(c.process_peak_bytes)} | {c.build_s:.1f} "
             f"| {c.repeats} |"
         )
@@ -996,7 +1028,7 @@ def _loop_table(report: BenchReport) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in rows:
-        ceiling = c.loop_s / (c.bytes_read / report.bandwidth)
+        ceiling = c.loop_s / (c.bytes_read / c.bandwidth)
         lines.append(
             f"| {_size(c.size)} | {c.method} | {c.batch} | {_ms(c.loop_s / c.batch)} "
             f"| {_ms(c.seconds / c.batch)} | {c.loop_s / c.seconds:.0f}x | {ceiling:.0f}x "
