@@ -262,29 +262,26 @@ class Collection:
         self.ids = tuple(f"m{i:08d}" for i in range(n))
         self._arrays: dict[str, Any] = {}
 
-    def _generator(self, kind: str) -> torch.Generator:
-        # One stream per kind, so a kind's values do not depend on which others were drawn.
-        offset = ("means", "lowrank", "covs", "reservoir").index(kind)
-        return torch.Generator().manual_seed(self.cfg.seed * 100 + offset)
-
     def _get(self, kind: str) -> Any:
         if kind not in self._arrays:
             started = time.perf_counter()
-            self._arrays[kind] = self._simulate(kind)
+            simulate = {
+                "means": lambda rng: simulate_means(self.n, rng),
+                "lowrank": lambda rng: simulate_lowrank(self.n, self.cfg.rank, rng),
+                "covs": self._simulate_covs,
+                "reservoir": lambda rng: simulate_reservoir(
+                    self._get("means"), self.cfg.reservoir, rng
+                ),
+            }
+            # One stream per kind, so a kind's values do not depend on which others were drawn.
+            seed = self.cfg.seed * 100 + list(simulate).index(kind)
+            self._arrays[kind] = simulate[kind](torch.Generator().manual_seed(seed))
             logger.info(
                 "simulated %s of %d models in %.1f s", kind, self.n, time.perf_counter() - started
             )
         return self._arrays[kind]
 
-    def _simulate(self, kind: str) -> Any:
-        generator = self._generator(kind)
-        if kind == "means":
-            return simulate_means(self.n, generator)
-        if kind == "lowrank":
-            return simulate_lowrank(self.n, self.cfg.rank, generator)
-        if kind == "reservoir":
-            return simulate_reservoir(self._get("means"), self.cfg.reservoir, generator)
-        assert kind == "covs", kind
+    def _simulate_covs(self, generator: torch.Generator) -> np.ndarray:
         covs = np.memmap(
             self.workdir / "covs.f32", dtype=np.float32, mode="w+", shape=(self.n, DIM, DIM)
         )
