@@ -35,6 +35,21 @@ def average_precision_at_k(ranked: Sequence[str], relevant: Iterable[str], k: in
     return total / min(len(relevant), k)
 
 
+def average_precision(ranked: Sequence[str], relevant: Iterable[str]) -> float:
+    """AP over the whole ranking (the paper's mAP without a cut-off); 0 when nothing is relevant.
+
+    Args:
+        ranked: every model id of the collection, best first: a relevant model missing from
+            it counts as never retrieved.
+        relevant: the ids that count as correct answers.
+    """
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    # With k = #relevant or more, min(#relevant, k) = #relevant: the textbook AP.
+    return average_precision_at_k(ranked, relevant, max(len(ranked), len(relevant)))
+
+
 def top_k_hit(ranked: Sequence[str], source: str, k: int) -> bool:
     """Whether the source model is among the first k results."""
     return source in ranked[:k]

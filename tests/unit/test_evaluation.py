@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from modelseek.evaluation import average_precision_at_k, summarise, top_k_hit
+from modelseek.evaluation import (
+    average_precision,
+    average_precision_at_k,
+    summarise,
+    top_k_hit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +50,11 @@ def test_no_relevant_model_gives_zero_and_bad_k_is_refused():
     assert average_precision_at_k(["a", "b"], [], 2) == 0.0
     with pytest.raises(ValueError, match="k must be >= 1"):
         average_precision_at_k(["a"], ["a"], 0)
+
+
+def test_average_precision_over_the_whole_ranking_by_hand():
+    # Relevant at ranks 2 and 4 of 5: (1/2 + 2/4) / 2 = 0.5.
+    assert average_precision(["a", "b", "c", "d", "e"], ["b", "d"]) == pytest.approx(0.5)
+    # A relevant id missing from the ranking is never retrieved: (1/1) / 2.
+    assert average_precision(["a", "b"], ["a", "z"]) == pytest.approx(0.5)
+    assert average_precision(["a", "b"], []) == 0.0
