@@ -73,6 +73,7 @@ class BenchConfig:
 
     Attributes:
         sizes: collection sizes n.
+        methods: the scoring methods timed, run in RUN_ORDER whatever order they are given.
         rank: r of the low-rank covariances.
         batches: query block sizes q.
         k: results per query; top-k is timed together with the scores.
@@ -92,6 +93,7 @@ class BenchConfig:
     """
 
     sizes: tuple[int, ...] = (133, 10_000, 100_000, 1_000_000)
+    methods: tuple[str, ...] = RUN_ORDER
     rank: int = 16
     batches: tuple[int, ...] = (1, 32)
     k: int = 10
@@ -736,6 +738,11 @@ def validate(cfg: BenchConfig) -> None:
     for name in ("rank", "k", "repeats", "reservoir", "threads"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    unknown = set(cfg.methods) - set(RUN_ORDER)
+    if not cfg.methods or unknown:
+        raise ValueError(
+            f"--methods must name some of {', '.join(RUN_ORDER)}; got {', '.join(cfg.methods)}"
+        )
     if cfg.memory_budget_bytes <= 0:
         raise ValueError(f"--memory-gb must be > 0, got {cfg.memory_budget_bytes / 1024**3}")
 
@@ -786,6 +793,8 @@ def _bench_size(
     n = collection.n
     budget_gb = cfg.memory_budget_bytes / 1024**3
     for position, method in enumerate(RUN_ORDER):
+        if method not in cfg.methods:
+            continue
         needed = memory_needed(method, n, cfg)
         if needed > cfg.memory_budget_bytes:
             reason = f"needs ~{needed / 1024**3:.1f} GiB, over the {budget_gb:g} GiB budget"
@@ -795,7 +804,12 @@ def _bench_size(
         cases, bandwidth_samples = bench_method(collection, method, cfg, probe)
         report.cases += cases
         report.bandwidth_samples += bandwidth_samples
-        later = {kind for m in RUN_ORDER[position + 1 :] for kind in STATISTICS_READ[m]}
+        later = {
+            kind
+            for m in RUN_ORDER[position + 1 :]
+            if m in cfg.methods
+            for kind in STATISTICS_READ[m]
+        }
         collection.keep_only(later)
 
 
@@ -979,7 +993,7 @@ def _paper_table(report: BenchReport) -> list[str]:
             "| method | " + " | ".join(_size(n) for n in sizes) + " |",
             "|---|" + "---:|" * len(sizes),
         ]
-        for method in RUN_ORDER:
+        for method in (m for m in RUN_ORDER if m in report.config.methods):
             cells = []
             for n in sizes:
                 case = report.case(n, method, batch)
@@ -1076,6 +1090,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     join = ",".join
     parser.add_argument("--sizes", type=parse_sizes, default=d.sizes, help="e.g. 133,10K,100K,1M")
+    parser.add_argument(
+        "--methods",
+        type=lambda text: tuple(m.strip() for m in text.split(",")),
+        default=d.methods,
+        help=f"scoring methods to time (default all: {join(d.methods)})",
+    )
     parser.add_argument("--rank", type=int, default=d.rank, help="low-rank covariance rank r")
     parser.add_argument("--batches", type=parse_sizes, default=d.batches, help="e.g. 1,32")
     parser.add_argument("--k", type=int, default=d.k, help="results per query")
@@ -1116,6 +1136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         sizes=args.sizes,
+        methods=args.methods,
         rank=args.rank,
         batches=args.batches,
         k=args.k,
@@ -1137,6 +1158,7 @@ def command_line(cfg: BenchConfig, out: Path | None) -> str:
     parts = [
         "modelseek bench",
         f"--sizes {join(_size(n) for n in cfg.sizes)}",
+        *([] if cfg.methods == RUN_ORDER else [f"--methods {join(cfg.methods)}"]),
         f"--rank {cfg.rank}",
         f"--batches {join(map(str, cfg.batches))}",
         f"--k {cfg.k}",

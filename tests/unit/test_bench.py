@@ -107,6 +107,17 @@ def test_methods_over_the_memory_budget_are_skipped_with_a_reason():
     assert all("budget" in s.reason for s in report.skipped)
 
 
+def test_only_the_methods_asked_for_are_timed_and_reported():
+    cfg = bench.BenchConfig(**{**TINY, "methods": ("monte_carlo", "first_moment")})
+    report = bench.run_bench(cfg, command="modelseek bench (test)")
+    assert {c.method for c in report.cases} == {"first_moment", "monte_carlo"}
+    text = bench.render_markdown(report)
+    assert "| monte_carlo |" in text and "| gaussian_density |" not in text
+    assert "--methods monte_carlo,first_moment" in bench.command_line(cfg, None)
+    with pytest.raises(ValueError, match="--methods must name"):
+        bench.run_bench(bench.BenchConfig(**{**TINY, "methods": ("cosine",)}), command="x")
+
+
 def test_sizes_accept_k_and_m_suffixes():
     assert bench.parse_sizes("133,10K,100k,1M") == (133, 10_000, 100_000, 1_000_000)
     with pytest.raises(Exception, match="optional K or M"):
