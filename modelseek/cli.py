@@ -127,7 +127,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_args(bench)
     bench.set_defaults(run=run_bench)
+
+    evaluate = commands.add_parser(
+        "eval", help="the paper's evaluation protocol on a zoo (image, sketch and text queries)"
+    )
+    _add_eval_args(evaluate)
+    evaluate.set_defaults(run=run_eval)
     return parser
+
+
+def _add_eval_args(parser: argparse.ArgumentParser) -> None:
+    from modelseek.protocol import DEFAULT_WORK_DIR, MAX_QUERIES_PER_MODEL
+
+    parser.add_argument("zoo", type=Path, help="zoo folder (catalog.yaml, zoo.json, queries/)")
+    parser.add_argument(
+        "--encoders", default="lite,hermetic", help="comma-separated feature spaces to evaluate"
+    )
+    parser.add_argument(
+        "--samples-per-model",
+        type=int,
+        default=IndexConfig().samples_per_model,
+        help="images sampled per model for its statistics",
+    )
+    parser.add_argument(
+        "--max-queries", type=int, default=MAX_QUERIES_PER_MODEL, help="image queries per model"
+    )
+    parser.add_argument("--out", type=Path, default=Path("eval/RESULTS.md"), help="report file")
+    parser.add_argument(
+        "--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where indexes are cached"
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="join this Ray cluster ('auto' or host:port); default: start a private one",
+    )
 
 
 def _add_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -456,6 +488,38 @@ def run_bench(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
     print(report)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from modelseek import protocol
+    from modelseek.protocol_report import write_report
+
+    started = time.perf_counter()
+    encoders = tuple(e.strip() for e in args.encoders.split(",") if e.strip())
+    for name in ("samples_per_model", "max_queries"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cfg = protocol.EvalConfig(
+        zoo_dir=args.zoo,
+        encoders=encoders,
+        samples_per_model=args.samples_per_model,
+        max_queries_per_model=args.max_queries,
+        work_dir=args.work_dir,
+        out=args.out,
+        index=with_env_overrides(IndexConfig(), "INDEX"),
+    )
+    zoo = protocol.load_zoo(cfg.zoo_dir)
+    init_ray(args.ray_address)
+    try:
+        built = {encoder: protocol.index_zoo(cfg, zoo, encoder) for encoder in encoders}
+    finally:
+        shutdown_ray()
+    query_sets = protocol.build_query_sets(zoo, cfg.max_queries_per_model)
+    results = [protocol.evaluate_space(cfg, zoo, e, *built[e], query_sets) for e in encoders]
+    command = "modelseek " + " ".join(sys.argv[1:]) if sys.argv[1:] else "modelseek eval"
+    summary = write_report(cfg, zoo, query_sets, results, command, time.perf_counter() - started)
+    print(summary)
     return 0
 
 
