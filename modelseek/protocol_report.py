@@ -39,6 +39,7 @@ METRIC_TITLES = {
     "map": "mAP",
 }
 TARGET_SPACE = "lite"
+DROPOFF_FLOOR = 1e-12
 # The breakdowns each query set's main tables show; other groups get a default-method table.
 MAIN_GROUPS = {"image": ("all",), "sketch": ("all",), "text": ("seen", "held-out", "all")}
 
@@ -238,6 +239,8 @@ def save_dropoff_figure(
                 values = curves[method]
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=method)
             ax.set_yscale("log")
+            # The densities put 1e-100 and less on later ranks; below 1e-12 is "nothing".
+            ax.set_ylim(DROPOFF_FLOOR, 1.5)
             ax.set_title(f"{result.encoder}: {name} queries")
             ax.set_xlabel("rank")
             ax.set_ylabel("mean p(model | q)")
@@ -297,7 +300,7 @@ def render_markdown(
         "1st moment's cosines, 1 for the log-likelihoods): how peaked each method's answer is.",
         "",
     ]
-    lines += _targets_section(results)
+    lines += targets_section(results)
     return "\n".join(lines)
 
 
@@ -388,7 +391,7 @@ def _header(
     ]
 
 
-def _targets_section(results: Sequence[SpaceResult]) -> list[str]:
+def targets_section(results: Sequence[SpaceResult]) -> list[str]:
     lines = ["## Targets (issue 4, lite space)", ""]
     for target, value in evaluate_targets(results):
         if value is None:
@@ -446,4 +449,4 @@ def write_report(
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text(text)
     logger.info("wrote %s and %s", markdown_path, figure_path)
-    return "\n".join([f"wrote {markdown_path} and {figure_path}", *_targets_section(results)])
+    return "\n".join([f"wrote {markdown_path} and {figure_path}", *targets_section(results)])
