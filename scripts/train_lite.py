@@ -33,15 +33,12 @@ data sizes, held-out classes, metrics, timings).
 """
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
 import math
 import re
 import time
-import unicodedata
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,45 +47,37 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import save_file
 
 from modelseek import lite
 from modelseek.demo.prepare import load_mnist_5k
 from modelseek.features import limit_torch_threads, preprocess_images
-from modelseek.images import to_rgb_array
+from modelseek.zoo.data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_TEST_PER_CLASS,
+    FASHION_MNIST_TRAIN_PER_CLASS,
+    MNIST_TEST_PER_CLASS,
+    OPENCLIPART_TEST_SHARE,
+    ZooDataMissing,
+    check_data,
+    iter_emoji,
+    iter_tuxpaint,
+    list_openclipart,
+    load_png,
+    openclipart_key,
+    openclipart_name,
+    openclipart_selection,
+    read_idx,
+    stable_fraction,
+)
 
 logger = logging.getLogger("train_lite")
 
-EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
-OPENCLIPART_DIR = Path("/usr/share/openclipart/png")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEBIAN_PACKAGES = (
-    "fonts-noto-color-emoji tuxpaint-stamps-default openclipart-png dataset-fashion-mnist"
-)
 DEFAULT_CACHE_DIR = Path("~/.cache/modelseek/lite-train")
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "modelseek" / "encoders"
 
-# Noto Color Emoji is a bitmap font drawn at 109 px, in a 136 x 128 box.
-EMOJI_SIZE = 109
-EMOJI_CANVAS = (136, 128)
-EMOJI_RANGES = ((0x2190, 0x2BFF), (0x3030, 0x303D), (0x3297, 0x3299), (0x1F000, 0x1FAFF))
-# Larger clip art is shrunk before the tower's own resize: it keeps decoding and memory small
-# and changes nothing a 224-px input can show.
-MAX_IMAGE_SIDE = 448
-# A few clip-art PNGs are posters of 100+ megapixels: seconds each to decode, for nothing.
-MAX_SOURCE_PIXELS = 16_000_000
-OPENCLIPART_PER_CATEGORY = 40
-OPENCLIPART_SKIPPED = ("unsorted", "special")
-FASHION_MNIST_CLASSES = (
-    "t-shirt", "pair of trousers", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
-FASHION_MNIST_TRAIN_PER_CLASS = 500
-FASHION_MNIST_TEST_PER_CLASS = 100
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MNIST_TEST_PER_CLASS = 100
 
 # Held out of training; evaluated separately.
 HELD_OUT_FASHION_MNIST = ("pair of trousers", "bag", "ankle boot")
@@ -107,7 +96,6 @@ HELD_OUT_WORDS = (
     "guitar", "violin", "piano", "trumpet", "saxophone", "drum", "tree", "trees",
 )  # fmt: skip
 HELD_OUT_ITEM_SHARE = 0.15
-OPENCLIPART_TEST_SHARE = 0.2
 
 # The canonical template of each source comes first: evaluation queries use it.
 TEMPLATES = {
@@ -167,36 +155,15 @@ class Example:
 
 def load_emoji() -> list[Example]:
     """Emoji with a Unicode name that Noto Color Emoji draws, on white."""
-    font = ImageFont.truetype(str(EMOJI_FONT), EMOJI_SIZE)
-    examples = []
-    for first, last in EMOJI_RANGES:
-        for codepoint in range(first, last + 1):
-            character = chr(codepoint)
-            name = unicodedata.name(character, "")
-            if not name or name.startswith("REGIONAL INDICATOR"):
-                continue
-            canvas = Image.new("RGB", EMOJI_CANVAS, "white")
-            ImageDraw.Draw(canvas).text((0, 0), character, font=font, embedded_color=True)
-            pixels = np.asarray(canvas)
-            # A character the font lacks draws nothing (no .notdef box in a bitmap font).
-            if (pixels < 250).any():
-                name = name.lower()
-                examples.append(Example(pixels, "emoji", f"emoji:{name}", name, name))
-    return examples
+    return [Example(pixels, "emoji", f"emoji:{name}", name, name) for name, pixels in iter_emoji()]
 
 
 def load_tuxpaint() -> list[Example]:
     """Tux Paint stamps with the first line of their caption file ("A frog." -> "a frog")."""
     examples = []
-    for path in sorted(TUXPAINT_DIR.rglob("*.png")):
-        caption_file = path.with_suffix(".txt")
-        if not caption_file.is_file():
-            continue
-        caption = caption_file.read_text(encoding="utf-8").splitlines()[0].strip().rstrip(".!")
+    for key, name, path in iter_tuxpaint():
         image = load_png(path)
-        if caption and image is not None:
-            name = caption[0].lower() + caption[1:]
-            key = path.relative_to(TUXPAINT_DIR).with_suffix("").as_posix()
+        if image is not None:
             examples.append(Example(image, "tuxpaint", f"tuxpaint:{key}", name, key))
     return examples
 
@@ -206,23 +173,14 @@ def load_openclipart() -> list[Example]:
 
     "food/fruit" -> "fruit (food)".
     """
-    by_category: dict[str, list[Path]] = defaultdict(list)
-    for path in sorted(OPENCLIPART_DIR.rglob("*.png")):
-        category = path.parent.relative_to(OPENCLIPART_DIR).as_posix()
-        if category != "." and not category.startswith(OPENCLIPART_SKIPPED):
-            by_category[category].append(path)
-
     examples = []
-    for category, paths in sorted(by_category.items()):
-        parts = [part.replace("_", " ").replace("-", " ") for part in category.split("/")]
-        name = parts[-1] if len(parts) == 1 else f"{parts[-1]} ({', '.join(parts[:-1])})"
-        # Spread over the category: many file names run in series from one author.
-        for path in paths[:: max(1, math.ceil(len(paths) / OPENCLIPART_PER_CATEGORY))]:
+    for category, paths in sorted(list_openclipart().items()):
+        name = openclipart_name(category)
+        for path in openclipart_selection(paths):
             image = load_png(path)
             if image is not None:
-                key = path.relative_to(OPENCLIPART_DIR).as_posix()
                 label = f"openclipart:{category}"
-                examples.append(Example(image, "openclipart", label, name, key))
+                examples.append(Example(image, "openclipart", label, name, openclipart_key(path)))
     return examples
 
 
@@ -258,42 +216,11 @@ def load_mnist() -> list[Example]:
     return examples
 
 
-def load_png(path: Path) -> np.ndarray | None:
-    """The image shrunk to at most `MAX_IMAGE_SIDE`, or None (logged) when it is too large."""
-    try:
-        # Pillow warns of a "decompression bomb" on opening; the size check below says it once.
-        ignore = {"action": "ignore", "category": Image.DecompressionBombWarning}
-        with warnings.catch_warnings(**ignore), Image.open(path) as image:
-            if image.width * image.height > MAX_SOURCE_PIXELS:
-                raise Image.DecompressionBombError(f"{image.width} x {image.height} pixels")
-            image.load()
-            image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.LANCZOS)
-            return to_rgb_array(image)
-    except (OSError, Image.DecompressionBombError) as err:
-        logger.warning("skipped %s: %s", path, err)
-        return None
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format) as a uint8 array of its shape."""
-    with gzip.open(path, "rb") as file:
-        data = file.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def check_sources() -> None:
-    missing = [
-        str(path)
-        for path in (EMOJI_FONT, TUXPAINT_DIR, OPENCLIPART_DIR, FASHION_MNIST_DIR)
-        if not path.exists()
-    ]
-    if missing:
-        raise SystemExit(
-            f"caption sources missing: {', '.join(missing)}; install them with "
-            f"`sudo apt-get install {DEBIAN_PACKAGES}`"
-        )
+    try:
+        check_data()
+    except ZooDataMissing as err:
+        raise SystemExit(f"caption sources: {err}") from err
 
 
 def assign_splits(examples: list[Example]) -> None:
@@ -316,11 +243,6 @@ def assign_splits(examples: list[Example]) -> None:
             and stable_fraction(f"test:{example.key}") < OPENCLIPART_TEST_SHARE
         ):
             example.split = "seen"
-
-
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by `key`: splits that do not depend on file order or seeds."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
 # --- tower features --------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The labelled evaluation zoo: small generators and sample sets of real classes, with queries."""
