@@ -1,5 +1,6 @@
 """`ShardScorer`: a Ray actor that holds one shard's statistics and answers top-k queries."""
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,16 +11,32 @@ import numpy as np
 import ray
 import torch
 
+from actors.batching import RequestBatcher
 from shards import store
 from shards.filters import FilterIndex, Filters
 from shards.frechet import LowRankGaussians, nearest_by_frechet
-from shards.queries import Expert, score_experts
+from shards.queries import Expert, QueryScores, score_queries
 from shards.scoring import ScoringTables
 from shards.topk import Hit, topk_rows
 
 logger = logging.getLogger(__name__)
 
 SCORER_NAME_PREFIX = "modelseek-scorer-"
+# Searches that reach a scorer together are scored as one (q, d) block: the shard's tables
+# are read once per block, so 32 queries against 1M means cost about 4x one query, not 32x.
+# A lone search waits this long for company; under load, searches that arrive while a block
+# is being scored form the next block without waiting.
+BATCH_WAIT_S = 0.002
+BATCH_MAX_QUERIES = 32
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search as a scorer receives it (see `ShardScorer.search`)."""
+
+    experts: list[Expert]
+    k: int
+    filters: Filters
 
 
 @dataclass(frozen=True)
@@ -57,10 +74,21 @@ class ShardScorer:
     """Scores query blocks against one shard, on CUDA when the actor was given a GPU.
 
     Run as a named Ray actor with `max_restarts`; a restart re-runs `__init__`, which reloads
-    and re-verifies the shard from storage.
+    and re-verifies the shard from storage. It is an asyncio actor: concurrent searches are
+    batched (`batch_max_queries`, `batch_wait_s`) and scored in a worker thread, so pings and
+    descriptions answer while a block is being scored.
     """
 
-    def __init__(self, index_root: str, version: str, position: int, eps: float, tau: float):
+    def __init__(
+        self,
+        index_root: str,
+        version: str,
+        position: int,
+        eps: float,
+        tau: float,
+        batch_max_queries: int = BATCH_MAX_QUERIES,
+        batch_wait_s: float = BATCH_WAIT_S,
+    ):
         started = time.perf_counter()
         manifest = store.read_manifest(index_root, version)
         self._stats = store.load_shard(index_root, manifest, position)
@@ -72,6 +100,7 @@ class ShardScorer:
             self._stats.means, self._stats.eigvals, self._stats.eigvecs, self._stats.residuals
         )
         self._position = position
+        self._batcher = RequestBatcher(self.search_batch, batch_max_queries, batch_wait_s)
         logger.info(
             "scorer %d ready on %s: %d models of version %s in %.2f s",
             position,
@@ -81,11 +110,44 @@ class ShardScorer:
             time.perf_counter() - started,
         )
 
-    def search(self, experts: list[Expert], k: int, filters: Filters) -> ShardAnswer:
-        """This shard's top k for a query made of `experts` (see shards.queries)."""
+    async def search(self, experts: list[Expert], k: int, filters: Filters) -> ShardAnswer:
+        """This shard's top k for a query made of `experts` (see shards.queries).
+
+        Concurrent calls are answered together by `search_batch`; an error in one query (a
+        method the index lacks, features of the wrong width) is raised by that call alone.
+        """
+        return await self._batcher.submit(SearchRequest(experts, k, filters))
+
+    def search_batch(self, requests: list[SearchRequest]) -> list[ShardAnswer | Exception]:
+        """Answers to several searches, their features scored as one block per method.
+
+        Blocks hold at most `batch_max_queries` feature rows (an image set counts its images),
+        so the (rows, n) scores stay as small as one full block would be. A block that cannot
+        be scored as a whole (one of its queries is invalid) is answered query by query, so
+        that only the invalid query fails. `ShardAnswer.seconds` counts from the start of
+        the block, which each of its queries waited for.
+        """
+        answers: list[ShardAnswer | Exception] = []
+        for group in _row_groups(requests, self._batcher.max_size):
+            answers += self._search_group(group)
+        return answers
+
+    def _search_group(self, requests: list[SearchRequest]) -> list[ShardAnswer | Exception]:
         started = time.perf_counter()
-        allowed = self._allowed(filters)
-        result = score_experts(self._tables, experts, allowed)
+        masks = [self._allowed(r.filters) for r in requests]
+        try:
+            results = score_queries(self._tables, [r.experts for r in requests], masks)
+        except (ValueError, RuntimeError) as err:
+            if len(requests) == 1:
+                return [err]
+            logger.debug("block of %d refused (%s); answering one by one", len(requests), err)
+            return [answer for r in requests for answer in self._search_group([r])]
+        return [
+            self._answer(result, request.k, started)
+            for result, request in zip(results, requests, strict=True)
+        ]
+
+    def _answer(self, result: QueryScores, k: int, started: float) -> ShardAnswer:
         rows = topk_rows(result.scores[None], k)[0]
         values = result.scores.cpu().numpy()
         lse = torch.logsumexp(result.scores.double() / result.temperature, dim=0).item()
@@ -110,10 +172,18 @@ class ShardScorer:
             "residuals": s.residuals[row : row + 1],
         }
 
-    def similar(
+    async def similar(
         self, query: dict[str, np.ndarray], k: int, filters: Filters, exclude_id: str
     ) -> ShardAnswer:
-        """This shard's k models nearest to `query` by exact Fréchet distance (score = −d)."""
+        """This shard's k models nearest to `query` by exact Fréchet distance (score = −d).
+
+        Computed in a worker thread, so that searches keep being gathered meanwhile.
+        """
+        return await asyncio.to_thread(self._similar, query, k, filters, exclude_id)
+
+    def _similar(
+        self, query: dict[str, np.ndarray], k: int, filters: Filters, exclude_id: str
+    ) -> ShardAnswer:
         started = time.perf_counter()
         allowed = self._allowed(filters)
         allowed = (
@@ -157,8 +227,26 @@ class ShardScorer:
         except (ValueError, IndexError):
             return None
 
+    def batch_sizes(self) -> dict[int, int]:
+        """How many search batches of each size this scorer has answered."""
+        return dict(self._batcher.batch_sizes)
+
     def ping(self) -> int:
         return self._position
+
+
+def _row_groups(requests: list[SearchRequest], max_rows: int) -> list[list[SearchRequest]]:
+    """Consecutive requests in groups of at most `max_rows` feature rows; a larger one alone."""
+    groups: list[list[SearchRequest]] = []
+    rows = max_rows
+    for request in requests:
+        size = sum(len(e.features) for e in request.experts)
+        if not groups or rows + size > max_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(request)
+        rows += size
+    return groups
 
 
 def start_scorer(

@@ -61,15 +61,62 @@ def score_experts(
     tables: ScoringTables, experts: list[Expert], allowed: torch.Tensor | None = None
 ) -> QueryScores:
     """Scores of every model of a shard for one query made of `experts`."""
-    if not experts:
-        raise ValueError("a query needs at least one expert")
-    per_expert = []
-    for expert in experts:
-        # Features arrive read-only from Ray's object store; torch needs a writable array.
-        features = np.require(expert.features, requirements=["C", "W"])
-        block = torch.as_tensor(features, device=tables.means.device)
-        per_expert.append(score(tables, expert.method, block).mean(dim=0))
+    return score_queries(tables, [experts], [allowed])[0]
 
+
+def score_queries(
+    tables: ScoringTables,
+    queries: list[list[Expert]],
+    allowed: list[torch.Tensor | None],
+) -> list[QueryScores]:
+    """`score_experts` for several queries at once, each with its own (n,) mask or None.
+
+    The features of every expert that uses the same method, across all the queries, are
+    scored as one (q, d) block: the tables are read once per block rather than once per
+    query, which is what a shard's time goes to. Scores equal those of `score_experts` up to
+    float rounding (a block of one query and a larger block take different BLAS kernels).
+    """
+    if len(allowed) != len(queries):
+        raise ValueError(f"got {len(queries)} queries but {len(allowed)} masks; pass one each")
+    rows: dict[str, list[np.ndarray]] = {}
+    spans = []  # per query, per expert: (method, first row, last row + 1) in its block
+    for experts in queries:
+        if not experts:
+            raise ValueError("a query needs at least one expert")
+        spans.append([])
+        for expert in experts:
+            block = rows.setdefault(expert.method, [])
+            start = sum(len(features) for features in block)
+            block.append(np.asarray(expert.features))
+            spans[-1].append((expert.method, start, start + len(expert.features)))
+    scored = {method: _score_block(tables, method, block) for method, block in rows.items()}
+
+    results = []
+    for experts, query_spans, mask in zip(queries, spans, allowed, strict=True):
+        # One image's scores are its row as is; an image set's are the mean of its rows.
+        per_expert = [
+            scored[method][first] if last - first == 1 else scored[method][first:last].mean(dim=0)
+            for method, first, last in query_spans
+        ]
+        results.append(_combine(tables, experts, per_expert, mask))
+    return results
+
+
+def _score_block(tables: ScoringTables, method: str, features: list[np.ndarray]) -> torch.Tensor:
+    # Features arrive read-only from Ray's object store; torch needs a writable array, and
+    # concatenating several blocks makes one.
+    block = features[0] if len(features) == 1 else np.concatenate(features)
+    block = np.require(block, requirements=["C", "W"])
+    return score(tables, method, torch.as_tensor(block, device=tables.means.device))
+
+
+def _combine(
+    tables: ScoringTables,
+    experts: list[Expert],
+    per_expert: list[torch.Tensor],
+    allowed: torch.Tensor | None,
+) -> QueryScores:
+    """One query's scores from its experts' (n,) scores: the product of experts, masked."""
     if len(experts) == 1 and experts[0].weight == 1.0:
         combined = per_expert[0]
         temperature = probability_temperature(experts[0].method, tables.tau)
