@@ -604,6 +604,8 @@ def evaluate_space(
             logger.info("%s: skipping text queries (random text tower)", encoder)
             continue
         encode = space.encode_texts if query_set.modality == "text" else space.encode_images
+        # One item first, untimed: the first call loads the tokenizer and warms up the model.
+        encode(list(query_set.items[:1]))
         features, seconds = _timed(lambda encode=encode, qs=query_set: encode(list(qs.items)))
         result.encode_ms[query_set.name] = 1e3 * seconds / max(1, len(query_set))
         if query_set.name == "image":
