@@ -497,6 +497,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     encoders = tuple(e.strip() for e in args.encoders.split(",") if e.strip())
+    if not encoders:
+        raise ValueError(f"--encoders names no feature space: {args.encoders!r}; e.g. lite")
     for name in ("samples_per_model", "max_queries"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

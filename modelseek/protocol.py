@@ -611,20 +611,12 @@ def evaluate_space(
         if query_set.name == "image":
             result.duplicate_queries = _duplicates(stats, query_set, features)
 
-        scored: dict[str, tuple[torch.Tensor, float]] = {
-            method: _model_scores(tables, method, features) for method in METHODS
-        }
+        scored = _score_all(tables, features, query_set, descriptions, description_features)
         for method in METHODS:
-            temperature = probability_temperature(method, cfg.tau)
             result.dropoff[(query_set.name, method)] = mean_dropoff(
-                scored[method][0], temperature, min(DROPOFF_RANKS, len(ids))
-            )
-        scored[KEYWORD_BASELINE] = _baseline(
-            lambda qs=query_set: keyword_scores(qs.captions, descriptions), len(query_set)
-        )
-        if description_features is not None:
-            scored[DESCRIPTION_BASELINE] = _baseline(
-                lambda f=features: description_scores(f, description_features), len(query_set)
+                scored[method][0],
+                probability_temperature(method, cfg.tau),
+                min(DROPOFF_RANKS, len(ids)),
             )
         for method in (m for m in METHOD_ORDER if m in scored):
             scores, seconds = scored[method]
@@ -633,6 +625,25 @@ def evaluate_space(
             result.confusions[(query_set.name, method)] = _confusions(zoo, query_set, rankings)
         logger.info("%s: %s queries (%d) evaluated", encoder, query_set.name, len(query_set))
     return result
+
+
+def _score_all(
+    tables: ScoringTables,
+    features: np.ndarray,
+    query_set: QuerySet,
+    descriptions: Sequence[str],
+    description_features: np.ndarray | None,
+) -> dict[str, tuple[torch.Tensor, float]]:
+    """(q, n) scores and seconds per query of every method and baseline that applies."""
+    scored = {method: _model_scores(tables, method, features) for method in METHODS}
+    scored[KEYWORD_BASELINE] = _baseline(
+        lambda: keyword_scores(query_set.captions, descriptions), len(query_set)
+    )
+    if description_features is not None:
+        scored[DESCRIPTION_BASELINE] = _baseline(
+            lambda: description_scores(features, description_features), len(query_set)
+        )
+    return scored
 
 
 def _baseline(make: Callable[[], torch.Tensor], count: int) -> tuple[torch.Tensor, float]:
