@@ -7,7 +7,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from shards.moments import lowrank_covariance
-from shards.scoring import METHODS, ScoringTables, score
+from shards.scoring import METHODS, ScoringTables, _matmul_nt, score
 from shards.stats import ShardStats
 from tests.unit.shard_fixtures import random_shard
 
@@ -180,3 +180,16 @@ def test_blocked_kernels_equal_unblocked(monkeypatch):
     monkeypatch.setattr("shards.scoring.MAX_BLOCK_ELEMENTS", 3 * 7 * 32)
     for method, expected in whole.items():
         torch.testing.assert_close(score(tables, method, queries), expected)
+
+
+@pytest.mark.parametrize("num_queries", [1, 5])
+def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch, num_queries):
+    rng = np.random.default_rng(4)
+    table = torch.as_tensor(rng.normal(size=(1001, 16)), dtype=torch.float64)
+    block = torch.as_tensor(rng.normal(size=(num_queries, 16)), dtype=torch.float64)
+    # Blocks of 7 and 10 rows, over two threads, with a ragged last block.
+    monkeypatch.setattr("shards.scoring.MATVEC_BLOCK_ELEMENTS", 16 * 7)
+    monkeypatch.setattr("shards.scoring.MATMUL_BLOCK_ELEMENTS", 16 * 10)
+    monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr("torch.get_num_threads", lambda: 2)
+    torch.testing.assert_close(_matmul_nt(block, table), block @ table.T)
