@@ -297,7 +297,8 @@ def render_markdown(
     lines += ["", "## Score drop-off", "", f"![per-query score drop-off]({figure_name})", ""]
     lines += [
         "Mean over queries of p(model | q) = softmax(score / T) at each rank (T = τ for the "
-        "1st moment's cosines, 1 for the log-likelihoods): how peaked each method's answer is.",
+        "1st moment's cosines, 1 for the log-likelihoods): how peaked each method's answer is. "
+        f"The axis stops at {DROPOFF_FLOOR:g}; the densities fall far below it.",
         "",
     ]
     lines += targets_section(results)
