@@ -17,7 +17,7 @@ from shards.filters import FilterIndex, Filters
 from shards.frechet import LowRankGaussians, nearest_by_frechet
 from shards.queries import Expert, QueryScores, score_queries
 from shards.scoring import ScoringTables
-from shards.topk import Hit, topk_rows
+from shards.topk import Hit, logsumexp_scaled, topk_rows
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ShardScorer:
     def _answer(self, result: QueryScores, k: int, started: float) -> ShardAnswer:
         rows = topk_rows(result.scores[None], k)[0]
         values = result.scores.cpu().numpy()
-        lse = torch.logsumexp(result.scores.double() / result.temperature, dim=0).item()
+        lse = logsumexp_scaled(result.scores, result.temperature)
         return ShardAnswer(
             hits=[Hit(float(values[r]), self._stats.ids[r]) for r in rows],
             logsumexp=lse,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from shards.scoring import ScoringTables, probability_temperature, score
+from shards.topk import logsumexp_scaled
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class QueryScores:
 def _masked_logsumexp(values: torch.Tensor, allowed: torch.Tensor | None) -> float:
     if allowed is not None:
         values = values.masked_fill(~allowed, float("-inf"))
-    return torch.logsumexp(values.double(), dim=0).item()
+    return logsumexp_scaled(values, 1.0)
 
 
 def score_experts(

@@ -1,6 +1,7 @@
 """Exact sharded top-k and the index storage: round trip, checksums, atomic publication."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from shards import store
 from shards.scoring import METHODS, ScoringTables, score
-from shards.topk import Hit, merge_logsumexp, merge_topk, topk_rows
+from shards.topk import Hit, logsumexp_scaled, merge_logsumexp, merge_topk, topk_rows
 from tests.unit.shard_fixtures import random_shard
 
 
@@ -53,6 +54,23 @@ def test_topk_with_mask_returns_k_allowed_models():
 def test_merge_topk_orders_ties_across_shards_by_id():
     merged = merge_topk([[Hit(2.0, "b"), Hit(1.0, "d")], [Hit(2.0, "a"), Hit(1.0, "c")]], 3)
     assert [h.model_id for h in merged] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 100_003])
+def test_logsumexp_scaled_equals_torch_in_float64(monkeypatch, n):
+    monkeypatch.setattr("shards.topk.LOGSUMEXP_CHUNK_ELEMENTS", 1000)
+    scores = torch.as_tensor(np.random.default_rng(n).normal(size=n), dtype=torch.float32)
+    scores[::7] = float("-inf")
+    for temperature in (1.0, 0.01):
+        expected = torch.logsumexp(scores.double() / temperature, dim=0).item()
+        assert logsumexp_scaled(scores, temperature) == pytest.approx(expected, rel=1e-12)
+    for special in (float("-inf"), float("inf")):
+        assert logsumexp_scaled(torch.full((3,), special), 0.5) == special
+    assert math.isnan(logsumexp_scaled(torch.tensor([1.0, float("nan")]), 0.5))
+    doubles = scores.double()
+    kept = doubles.clone()
+    logsumexp_scaled(doubles, 0.01)
+    assert torch.equal(doubles, kept)  # the row is read, never written
 
 
 def test_merge_logsumexp_equals_logsumexp_of_all_scores():
