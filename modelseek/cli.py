@@ -157,6 +157,9 @@ def _add_eval_args(parser: argparse.ArgumentParser) -> None:
         "--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where indexes are cached"
     )
     parser.add_argument(
+        "--notes", type=Path, help="a markdown file of analysis to close the report with"
+    )
+    parser.add_argument(
         "--ray-address",
         help="join this Ray cluster ('auto' or host:port); default: start a private one",
     )
@@ -511,6 +514,7 @@ def run_eval(args: argparse.Namespace) -> int:
         out=args.out,
         index=with_env_overrides(IndexConfig(), "INDEX"),
     )
+    notes = args.notes.read_text() if args.notes else ""
     zoo = protocol.load_zoo(cfg.zoo_dir)
     init_ray(args.ray_address)
     try:
@@ -520,7 +524,8 @@ def run_eval(args: argparse.Namespace) -> int:
     query_sets = protocol.build_query_sets(zoo, cfg.max_queries_per_model)
     results = [protocol.evaluate_space(cfg, zoo, e, *built[e], query_sets) for e in encoders]
     command = "modelseek " + " ".join(sys.argv[1:]) if sys.argv[1:] else "modelseek eval"
-    summary = write_report(cfg, zoo, query_sets, results, command, time.perf_counter() - started)
+    wall_s = time.perf_counter() - started
+    summary = write_report(cfg, zoo, query_sets, results, command, wall_s, notes)
     print(summary)
     return 0
 

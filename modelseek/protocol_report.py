@@ -262,8 +262,9 @@ def render_markdown(
     command: str,
     wall_s: float,
     figure_name: str,
+    notes: str = "",
 ) -> str:
-    """The whole report."""
+    """The whole report; `notes` (markdown) closes it when given."""
     lines = _header(cfg, zoo, query_sets, results, leaks, machine, command, wall_s)
     for query_set in query_sets:
         for group in MAIN_GROUPS[query_set.name]:
@@ -302,6 +303,8 @@ def render_markdown(
         "",
     ]
     lines += targets_section(results)
+    if notes:
+        lines += ["## Notes (written by hand after the run)", "", notes.strip(), ""]
     return "\n".join(lines)
 
 
@@ -437,6 +440,7 @@ def write_report(
     results: Sequence[SpaceResult],
     command: str,
     wall_s: float,
+    notes: str = "",
 ) -> str:
     """Write the markdown report and the figure beside it; returns the targets as text lines."""
     from modelseek.protocol import count_folder_leaks
@@ -445,7 +449,16 @@ def write_report(
     leaks = count_folder_leaks(zoo, query_sets[0])
     save_dropoff_figure(results, query_sets, figure_path)
     text = render_markdown(
-        cfg, zoo, query_sets, results, leaks, machine_facts(), command, wall_s, figure_path.name
+        cfg,
+        zoo,
+        query_sets,
+        results,
+        leaks,
+        machine_facts(),
+        command,
+        wall_s,
+        figure_path.name,
+        notes,
     )
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text(text)
