@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from shards import store
 from shards.filters import FilterIndex, Filters
 from shards.frechet import LowRankGaussians, nearest_by_frechet
 from shards.queries import Expert, QueryScores, score_queries
-from shards.scoring import ScoringTables
+from shards.scoring import ScoringTables, set_scoring_threads
 from shards.topk import Hit, logsumexp_scaled, topk_rows
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class ShardScorer:
         manifest = store.read_manifest(index_root, version)
         self._stats = store.load_shard(index_root, manifest, position)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Ray gives an actor with a fraction of a CPU one torch thread; the shards of a query
+        # are scored at the same time, so each may stream its tables on its share of the cores.
+        threads = max(1, len(os.sched_getaffinity(0)) // len(manifest.shards))
+        set_scoring_threads(threads)
         self._tables = ScoringTables.build(self._stats, eps=eps, tau=tau, device=device)
         self._filters = FilterIndex(self._stats.metadata)
         # Fréchet distances need float64 (a difference of traces); kept on the CPU.
@@ -102,9 +107,10 @@ class ShardScorer:
         self._position = position
         self._batcher = RequestBatcher(self.search_batch, batch_max_queries, batch_wait_s)
         logger.info(
-            "scorer %d ready on %s: %d models of version %s in %.2f s",
+            "scorer %d ready on %s (%d threads): %d models of version %s in %.2f s",
             position,
             device,
+            threads,
             self._stats.num_models,
             version,
             time.perf_counter() - started,

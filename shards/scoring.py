@@ -37,6 +37,22 @@ MATVEC_BLOCK_ELEMENTS = 1 << 21
 # Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
 # work to other threads costs more than it saves.
 PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+# Threads that share a product (`set_scoring_threads`); None: torch.get_num_threads().
+_scoring_threads: int | None = None
+
+
+def set_scoring_threads(threads: int | None) -> None:
+    """Threads the kernels' products use, apart from torch's own count; None restores it.
+
+    A Ray actor with a fraction of a CPU gets OMP_NUM_THREADS=1, and torch's small
+    reductions are best left there (OpenMP's barriers cost milliseconds on a busy VM), while
+    the products, which stream the tables, run on Python threads that share blocks evenly.
+    """
+    global _scoring_threads
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    _scoring_threads = threads
+
 
 # The tables each method reads. Tables built for some methods only (`build_for`) hold these
 # and leave the others empty; the bytes they occupy are what a query must stream from memory.
@@ -284,12 +300,12 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """block @ tableᵀ, (q, w) x (rows, w) -> (q, rows): the product every kernel spends its time in.
 
     On the CPU it runs through numpy (its dot loop for one query, OpenBLAS single-threaded for
-    a block), with the rows split over `torch.get_num_threads()` threads. torch's bundled MKL
-    takes generic code paths on AMD CPUs: on the 2-core EPYC it streamed a matrix-vector
-    product at 13 GB/s where this reaches 35 GB/s (torch.sum reads at 35-40), and (32, d)
-    products at 60 GFLOPS against 110. OpenBLAS's own worker threads are not used: they spin
-    between calls and starve torch's OpenMP threads (8 ms lost per call on 2 cores). Elsewhere
-    (CUDA, gradients, other dtypes) it is torch's own matmul.
+    a block), with the rows shared by `set_scoring_threads` threads (default: torch's count).
+    torch's bundled MKL takes generic code paths on AMD CPUs: on the 2-core EPYC it streamed a
+    matrix-vector product at 13 GB/s where this reaches 35 GB/s (torch.sum reads at 35-40),
+    and (32, d) products at 60 GFLOPS against 110. OpenBLAS's own worker threads are not used:
+    they spin between calls and starve torch's OpenMP threads (8 ms lost per call on 2 cores).
+    Elsewhere (CUDA, gradients, other dtypes) it is torch's own matmul.
     """
     if (
         block.device.type != "cpu"
@@ -304,7 +320,8 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     left, right = block.numpy(), table.numpy()
     rows, width = right.shape
     out = np.empty((left.shape[0], rows), dtype=left.dtype)
-    workers = max(1, torch.get_num_threads()) if right.size >= PARALLEL_MATMUL_MIN_ELEMENTS else 1
+    threads = _scoring_threads or max(1, torch.get_num_threads())
+    workers = threads if right.size >= PARALLEL_MATMUL_MIN_ELEMENTS else 1
     step = max(1, (MATVEC_BLOCK_ELEMENTS if left.shape[0] == 1 else MATMUL_BLOCK_ELEMENTS) // width)
     # Threads take blocks from one shared sequence rather than fixed shares: on a shared VM a
     # thread can lose its core for milliseconds, and with fixed shares the product then waits

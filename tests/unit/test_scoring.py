@@ -7,7 +7,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from shards.moments import lowrank_covariance
-from shards.scoring import METHODS, ScoringTables, _matmul_nt, score
+from shards.scoring import METHODS, ScoringTables, _matmul_nt, score, set_scoring_threads
 from shards.stats import ShardStats
 from tests.unit.shard_fixtures import random_shard
 
@@ -191,5 +191,10 @@ def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch
     monkeypatch.setattr("shards.scoring.MATVEC_BLOCK_ELEMENTS", 16 * 7)
     monkeypatch.setattr("shards.scoring.MATMUL_BLOCK_ELEMENTS", 16 * 10)
     monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
-    monkeypatch.setattr("torch.get_num_threads", lambda: 2)
-    torch.testing.assert_close(_matmul_nt(block, table), block @ table.T)
+    set_scoring_threads(2)
+    try:
+        torch.testing.assert_close(_matmul_nt(block, table), block @ table.T)
+    finally:
+        set_scoring_threads(None)
+    with pytest.raises(ValueError, match="threads must be >= 1 or None, got 0"):
+        set_scoring_threads(0)
