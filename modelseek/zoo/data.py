@@ -64,9 +64,14 @@ class ZooDataMissing(ModelseekError):
     code = "zoo_data_missing"
 
 
-def check_data(paths: tuple[Path, ...] = (EMOJI_FONT, TUXPAINT_DIR, OPENCLIPART_DIR,
-                                          FASHION_MNIST_DIR)) -> None:  # fmt: skip
-    """Raise `ZooDataMissing` naming every missing path and the Debian packages that hold them."""
+def check_data(paths: tuple[Path, ...] | None = None) -> None:
+    """Raise `ZooDataMissing` naming every missing path and the Debian packages that hold them.
+
+    Args:
+        paths: what to check; by default the emoji font and the three data folders.
+    """
+    if paths is None:
+        paths = (EMOJI_FONT, TUXPAINT_DIR, OPENCLIPART_DIR, FASHION_MNIST_DIR)
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise ZooDataMissing(
@@ -144,10 +149,16 @@ def openclipart_key(path: Path) -> str:
     return path.relative_to(OPENCLIPART_DIR).as_posix()
 
 
-def iter_emoji() -> Iterator[tuple[str, np.ndarray]]:
-    """(lower-case Unicode name, (128, 136, 3) uint8 drawing on white) of each emoji drawn."""
+def iter_emoji(
+    ranges: tuple[tuple[int, int], ...] = EMOJI_RANGES,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(lower-case Unicode name, (128, 136, 3) uint8 drawing on white) of each emoji drawn.
+
+    Args:
+        ranges: inclusive code point ranges to draw.
+    """
     font = ImageFont.truetype(str(EMOJI_FONT), EMOJI_SIZE)
-    for first, last in EMOJI_RANGES:
+    for first, last in ranges:
         for codepoint in range(first, last + 1):
             character = chr(codepoint)
             name = unicodedata.name(character, "")
