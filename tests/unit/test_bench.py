@@ -132,3 +132,18 @@ def test_cli_writes_the_report_it_prints(tmp_path: Path, capsys):
     written = out.read_text()
     assert written in capsys.readouterr().out
     assert "--sizes 133 " in written and f"--out {out}" in written
+
+
+def test_loop_targets_out_of_reach_of_any_kernel_say_so():
+    def case(loop_s: float) -> bench.Case:
+        # 1 GB at 10 GB/s: no kernel can take under 0.1 s.
+        return bench.Case(10_000, "monte_carlo", 1, 0, 0.2, 5, 10**9, 1e10, 0.0, None, None, loop_s)
+
+    report = bench.BenchReport(config=bench.BenchConfig(), command="x", machine={})
+    report.cases = [case(loop_s=5.0)]
+    assert bench.loop_ceiling(report.cases[0]) == pytest.approx(50)
+    target = next(t for t in bench.evaluate_targets(report) if t.name.startswith("monte_carlo"))
+    assert target.passed is False and "ceiling 50x: out of reach" in target.measured
+    report.cases = [case(loop_s=50.0)]
+    target = next(t for t in bench.evaluate_targets(report) if t.name.startswith("monte_carlo"))
+    assert target.passed is True and target.measured == "250x (ceiling 500x)"
