@@ -96,9 +96,10 @@ class BuildContext:
     classes: dict[str, ClassImages] = field(default_factory=dict)
     usage: Counter[str] = field(default_factory=Counter)
     training_seconds: dict[str, float] = field(default_factory=dict)
-    training: dict[str, tuple[Future[float], dict[str, int], TrainSettings]] = field(
+    training: dict[str, tuple[Future[tuple[float, float]], dict[str, int], TrainSettings]] = field(
         default_factory=dict
     )
+    training_cpu_seconds: float = 0.0
 
 
 def build_zoo(out_dir: Path, small: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -125,8 +126,8 @@ def build_zoo(out_dir: Path, small: bool = False, seed: int = 0) -> dict[str, An
     _check_output(final)
     data.check_data()
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(final)
     staging = final.parent / f".{final.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
 
     workers = max(1, min(len(os.sched_getaffinity(0)), MAX_TRAIN_WORKERS))
@@ -139,14 +140,16 @@ def build_zoo(out_dir: Path, small: bool = False, seed: int = 0) -> dict[str, An
         for model in models:
             if model.kind in TRAINED_KINDS:
                 _submit_training(context, pool, model)
-        entries, manifest_models = [], {}
-        for model in models:
-            entry, info = BUILDERS[model.kind](context, model)
-            entries.append(entry)
-            manifest_models[model.id] = info
-            logger.info("zoo model %s: %d queries", model.id, info["n_queries"])
+        built = {}
+        # Sample sets first: the main process writes them while the generators train.
+        for model in sorted(models, key=lambda model: model.kind in TRAINED_KINDS):
+            built[model.id] = BUILDERS[model.kind](context, model)
+            logger.info("zoo model %s: %d queries", model.id, built[model.id][1]["n_queries"])
+        entries = [built[model.id][0] for model in models]
+        manifest_models = {model.id: built[model.id][1] for model in models}
 
-        seconds = (time.perf_counter() - started, time.process_time() - started_cpu)
+        cpu_seconds = time.process_time() - started_cpu + context.training_cpu_seconds
+        seconds = (time.perf_counter() - started, cpu_seconds)
         manifest = _manifest(context, models, manifest_models, *seconds)
         _write_yaml(staging / "catalog.yaml", {"version": 1, "models": entries})
         (staging / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -183,14 +186,19 @@ def _submit_training(context: BuildContext, pool: Executor, model: specs.ModelSp
 
 def _train_on_one_thread(
     kind: str, images: np.ndarray, settings: TrainSettings, seed: int, path: Path
-) -> float:
+) -> tuple[float, float]:
+    """Runs in a worker process; returns wall and CPU seconds of the training."""
     torch.set_num_threads(TRAIN_THREADS)
-    return train_generator(kind, images, settings, seed, path)
+    started_cpu = time.process_time()
+    seconds = train_generator(kind, images, settings, seed, path)
+    return seconds, time.process_time() - started_cpu
 
 
 def _build_trained(context: BuildContext, model: specs.ModelSpec) -> tuple[dict, dict]:
     job, counts, settings = context.training[model.id]
-    context.training_seconds[model.id] = round(job.result(), 2)
+    seconds, cpu_seconds = job.result()
+    context.training_seconds[model.id] = round(seconds, 2)
+    context.training_cpu_seconds += cpu_seconds
     logger.info("trained %s in %.1f s", model.id, context.training_seconds[model.id])
     weights = context.staging / "models" / f"{model.id}.safetensors"
     _write_grid(context, model.id, load_generator(str(weights)).sample(GRID_SIDE**2, seed=0))
@@ -471,10 +479,11 @@ def _split_items(
         image = data.load_png(item, SAMPLE_SET_SIDE) if isinstance(item, Path) else item
         if image is None:
             continue
-        # Some files are byte-identical copies under two names: one copy only, so a query can
-        # never also be a sample.
+        # Some files are copies under two names: one copy only, so that a query is never also
+        # a sample; lite trained on it if it trained on any copy.
         digest = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
-        loaded.setdefault(digest, (key, image, trained))
+        first_key, _, trained_before = loaded.get(digest, (key, image, False))
+        loaded[digest] = (first_key, image, trained or trained_before)
     unique = sorted(loaded.values(), key=lambda item: item[0])
     eligible = [item for item in unique if not item[2]]
     eligible.sort(key=lambda item: data.stable_fraction(f"zoo-query:{context.seed}:{item[0]}"))
@@ -574,7 +583,8 @@ def _manifest(
         "build": {
             "seed": context.seed,
             "seconds": round(seconds, 1),
-            # CPU time of this process: comparable across builds on a busy machine.
+            # CPU time of the build and its training processes: unlike wall time, it does
+            # not grow when other programs share the cores.
             "cpu_seconds": round(cpu_seconds, 1),
             "os_load_average": [round(load, 2) for load in os.getloadavg()],
             "training_seconds": context.training_seconds,
@@ -612,6 +622,25 @@ def _check_output(final: Path) -> None:
             f"{final} exists and is not an evaluation zoo (no zoo.json); choose a new folder "
             "or remove it"
         )
+
+
+def _remove_stale_staging(final: Path) -> None:
+    # A killed build leaves its staging folder, named by its process id; none may be running.
+    for folder in final.parent.glob(f".{final.name}.building-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            logger.info("removing %s, left by a build that did not finish", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(staging: Path, final: Path) -> None:

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SIDE = 28
 _BASE_SIDE = IMAGE_SIDE // 4  # two stride-2 (transposed) convolutions span 7 -> 28
 FORMAT = "modelseek-zoo-generator/1"
+# The whole config sits under one metadata key: safetensors writes several keys in a random
+# order, and a rebuild must give byte-identical files (their digest fingerprints the model).
+CONFIG_KEY = "modelseek_zoo_generator"
 
 
 @dataclass(frozen=True)
@@ -233,16 +236,16 @@ def train_generator(
 
 
 def save_generator(decoder: Decoder, kind: str, settings: TrainSettings, path: Path) -> None:
-    """The decoder's weights, with its kind and shape in the safetensors metadata."""
-    metadata = {
+    """The decoder's weights, with its kind and shape as JSON in the safetensors metadata."""
+    config = {
         "format": FORMAT,
         "kind": kind,
-        "latent_dim": str(settings.latent_dim),
-        "width": str(settings.width),
-        "batch_norm": json.dumps(kind == "dcgan"),
+        "latent_dim": settings.latent_dim,
+        "width": settings.width,
+        "batch_norm": kind == "dcgan",
     }
     state = {name: tensor.contiguous() for name, tensor in decoder.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    save_file(state, str(path), metadata={CONFIG_KEY: json.dumps(config, sort_keys=True)})
 
 
 class ZooGeneratorSampler:
@@ -294,15 +297,16 @@ def _load_decoder(path: Path, mtime_ns: int) -> tuple[str, Decoder]:
     # Keyed by mtime too, so that a rebuilt zoo in the same place is not served stale weights.
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata() or {}
-        state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    if metadata.get("format") != FORMAT or metadata.get("kind") not in _OUTPUTS:
+        state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    try:
+        config = json.loads(metadata[CONFIG_KEY])
+        if config["format"] != FORMAT or config["kind"] not in _OUTPUTS:
+            raise ValueError(f"format {config['format']!r}, kind {config['kind']!r}")
+        decoder = Decoder(config["latent_dim"], config["width"], config["batch_norm"])
+    except (KeyError, TypeError, ValueError) as err:
         raise CatalogError(
-            f"{path} is not a zoo generator (metadata {metadata}); expected format {FORMAT!r}"
-        )
-    decoder = Decoder(
-        int(metadata["latent_dim"]),
-        int(metadata["width"]),
-        batch_norm=json.loads(metadata["batch_norm"]),
-    )
+            f"{path} is not a zoo generator of format {FORMAT!r} ({type(err).__name__}: {err}); "
+            "rebuild the zoo with scripts/build_eval_zoo.py"
+        ) from err
     decoder.load_state_dict(state)
-    return metadata["kind"], decoder.eval()
+    return config["kind"], decoder.eval()
