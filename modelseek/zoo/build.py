@@ -100,6 +100,7 @@ class BuildContext:
         default_factory=dict
     )
     training_cpu_seconds: float = 0.0
+    claimed: set[str] = field(default_factory=set)
 
 
 def build_zoo(out_dir: Path, small: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -387,8 +388,9 @@ def _openclipart_class(context: BuildContext, category: str) -> ClassImages:
         context,
         f"openclipart:{category}",
         items,
-        "Open Clip Art files of the category outside lite's training selection (not among the "
-        "files it trained on)",
+        "Open Clip Art files of the category that lite did not train on (outside its "
+        f"{data.OPENCLIPART_PER_CATEGORY}-file selection, in its test share, or of a held-out "
+        "category)",
     )
 
 
@@ -479,11 +481,17 @@ def _split_items(
         image = data.load_png(item, SAMPLE_SET_SIDE) if isinstance(item, Path) else item
         if image is None:
             continue
+        digest = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
+        # Open Clip Art files the same picture under several categories (a fruit among the
+        # desserts, a mammal among the fish): the class loaded first keeps it, so no image is a
+        # query of one model and a sample of another.
+        if digest in context.claimed:
+            continue
         # Some files are copies under two names: one copy only, so that a query is never also
         # a sample; lite trained on it if it trained on any copy.
-        digest = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
         first_key, _, trained_before = loaded.get(digest, (key, image, False))
         loaded[digest] = (first_key, image, trained or trained_before)
+    context.claimed.update(loaded)
     unique = sorted(loaded.values(), key=lambda item: item[0])
     eligible = [item for item in unique if not item[2]]
     eligible.sort(key=lambda item: data.stable_fraction(f"zoo-query:{context.seed}:{item[0]}"))
@@ -570,7 +578,8 @@ def _manifest(
         "queries of a class are split between the models that use it; no query image is a "
         "training image or sample of any model",
         "near-duplicates (the same clip art in colour and black-and-white, or a numbered "
-        "series) may fall on both sides of a sample-set split; byte-identical copies do not",
+        "series) may fall on both sides of a sample-set split; pixel-identical copies do not, "
+        "and an image filed under several categories belongs to the first class loaded",
         f"each generator trained by torch on {TRAIN_THREADS} thread, denormals flushed; "
         "training_seconds are wall seconds, generators training in parallel processes; "
         "8x8 sample grids in grids/",
