@@ -496,6 +496,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from modelseek import protocol
+    from modelseek.errors import CatalogError
     from modelseek.protocol_report import write_report
 
     started = time.perf_counter()
@@ -516,6 +517,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     notes = args.notes.read_text() if args.notes else ""
     zoo = protocol.load_zoo(cfg.zoo_dir)
+    zoo_print = zoo.fingerprint()
     init_ray(args.ray_address)
     try:
         built = {encoder: protocol.index_zoo(cfg, zoo, encoder) for encoder in encoders}
@@ -524,6 +526,11 @@ def run_eval(args: argparse.Namespace) -> int:
     query_sets = protocol.build_query_sets(zoo, cfg.max_queries_per_model)
     results = [protocol.evaluate_space(cfg, zoo, e, *built[e], query_sets) for e in encoders]
     command = "modelseek " + " ".join(sys.argv[1:]) if sys.argv[1:] else "modelseek eval"
+    if zoo.fingerprint() != zoo_print:
+        raise CatalogError(
+            f"the zoo at {zoo.root} changed during the evaluation (rebuilt?); rerun once its "
+            "build has finished"
+        )
     wall_s = time.perf_counter() - started
     summary = write_report(cfg, zoo, query_sets, results, command, wall_s, notes)
     print(summary)

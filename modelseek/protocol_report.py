@@ -343,7 +343,8 @@ def _header(
         "",
         "## Zoo",
         "",
-        f"{zoo.root} ({'small' if zoo.small else 'full'} build): {facts['models']} models "
+        f"{zoo.root} ({'small' if zoo.small else 'full'} build, fingerprint "
+        f"{zoo.fingerprint()[:12]}: sha256 of catalog.yaml and zoo.json): {facts['models']} models "
         f"({kinds}; {origins}), {len(zoo.labels)} labels. Labels seen by the lite space's "
         f"training: {', '.join(facts['seen']) or 'none'}. Held out from it: "
         f"{', '.join(facts['held_out']) or 'none'}. Models with more than one label: "
