@@ -264,6 +264,8 @@ def build_index(
         not todo
         and manifest is not None
         and _same_layout(manifest, previous, metadata, cfg, keep_full)
+        # An index written before manifests recorded τ is republished with the space's own.
+        and math.isclose(manifest.temperature, space.temperature)
     ):
         say(f"index {manifest.version} is up to date; nothing to do")
         return IndexReport(
@@ -288,7 +290,12 @@ def build_index(
     published = store.write_index(
         root,
         shard_parts,
-        {"feature_space": space.id, "encoder": encoder, "settings": asdict(cfg)},
+        {
+            "feature_space": space.id,
+            "encoder": encoder,
+            "temperature": space.temperature,
+            "settings": asdict(cfg),
+        },
         keep=cfg.keep_versions,
     )
     return IndexReport(

@@ -109,9 +109,10 @@ class Aggregator:
     started and checked before they replace the old ones, so no request is dropped.
     """
 
-    def __init__(self, index_root: str, eps: float, tau: float, shard_timeout_s: float):
+    def __init__(self, index_root: str, eps: float, tau: float | None, shard_timeout_s: float):
         self._root = index_root
-        self._eps, self._tau = eps, tau
+        # None: each version's manifest says (its feature space's trained temperature).
+        self._eps, self._tau_override = eps, tau
         self._timeout_s = shard_timeout_s
         self._manifest: store.Manifest | None = None
         self._scorers: list[ray.actor.ActorHandle] = []
@@ -169,8 +170,16 @@ class Aggregator:
 
     def _start_scorer(self, manifest: store.Manifest, position: int) -> ray.actor.ActorHandle:
         return start_scorer(
-            self._root, manifest.version, position, len(manifest.shards), self._eps, self._tau
+            self._root,
+            manifest.version,
+            position,
+            len(manifest.shards),
+            self._eps,
+            self._temperature(manifest),
         )
+
+    def _temperature(self, manifest: store.Manifest) -> float:
+        return manifest.temperature if self._tau_override is None else self._tau_override
 
     def _note_failure(self, scorers: list, position: int, error: BaseException) -> None:
         """Replace a scorer that died for good; others (timeouts, restarts) heal by themselves.
@@ -246,7 +255,7 @@ class Aggregator:
         experts: list[Expert] | None,
     ) -> SearchResult:
         started = time.perf_counter()
-        results = merge_answers(answers, k, self._records, experts, self._tau)
+        results = merge_answers(answers, k, self._records, experts, self._temperature(manifest))
         return SearchResult(
             results,
             manifest.version,

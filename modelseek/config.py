@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,7 +57,9 @@ class ServeConfig:
         encoder_batch_size: queries the encoder batches together.
         encoder_batch_wait_s: how long it waits to fill a batch.
         eps: `ε`, added to every covariance's diagonal for the Gaussian density.
-        tau: `τ`, the temperature of the second-moment and Monte-Carlo scores.
+        tau: `τ`, the temperature of the first-moment probabilities and of the second-moment
+            and Monte-Carlo scores; None uses the one the index's feature space was trained
+            with (recorded in its manifest), which is what the formulas assume.
         admin_token: bearer token of POST /v1/admin/reload; empty disables that route.
     """
 
@@ -69,7 +72,7 @@ class ServeConfig:
     encoder_batch_size: int = 16
     encoder_batch_wait_s: float = 0.005
     eps: float = 1e-3
-    tau: float = 0.01
+    tau: float | None = None
     admin_token: str = ""
 
 
@@ -89,10 +92,20 @@ def with_env_overrides(config: T, section: str) -> T:
         raw = os.environ.get(name)
         if raw is None:
             continue
-        kind = type(getattr(config, field.name))
+        kind = _value_type(field)
         try:
-            changes[field.name] = kind(raw)
+            changes[field.name] = None if _is_optional(field) and raw == "" else kind(raw)
         except ValueError as err:
             raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from err
         logger.info("setting %s=%r from the environment", field.name, changes[field.name])
     return dataclasses.replace(config, **changes)
+
+
+def _value_type(field: dataclasses.Field) -> type:
+    """The type a field's value parses as: `float` for `float | None`."""
+    args = [a for a in typing.get_args(field.type) if a is not type(None)]
+    return args[0] if args else field.type
+
+
+def _is_optional(field: dataclasses.Field) -> bool:
+    return type(None) in typing.get_args(field.type)

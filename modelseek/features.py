@@ -161,6 +161,9 @@ class FeatureSpace:
         dim: `d`, the feature dimension.
         spec: the encoder this space was built from.
         device: the torch device the model runs on.
+        temperature: `τ` of the contrastive loss the space was trained with (1 / exp of the
+            model's `logit_scale`): 0.01 for OpenAI's and LAION's CLIP models. Scores divide
+            cosines by it, so it belongs to the space, not to the service.
         preprocess_cfg: open_clip's image preprocessing settings of the model (size, mean,
             std, interpolation, resize_mode).
         model: the open_clip model (or the lite space's `LiteModel`), in eval mode (e.g. to
@@ -180,6 +183,7 @@ class FeatureSpace:
         self.id = space_id
         self.dim = dim
         self.device = device
+        self.temperature = float(torch.exp(-model.logit_scale.detach().float()).item())
         self.preprocess_cfg: dict[str, Any] = dict(model.visual.preprocess_cfg)
         self.model = model.eval()
         self._tokenizer = tokenizer

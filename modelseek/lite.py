@@ -373,6 +373,8 @@ class LiteModel(nn.Module):
                 {kind: projections[f"{name}_projection.{kind}"] for kind in ("weight", "bias")}
             )
         self.register_buffer("label_projection", projections["label_projection"])
+        # log(1/τ) of the contrastive loss, named as open_clip's models name it.
+        self.register_buffer("logit_scale", projections["logit_scale"].reshape(()))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, 224, 224) preprocessed pixels -> (n, d) features, not normalised."""

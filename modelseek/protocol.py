@@ -424,7 +424,9 @@ class EvalConfig:
         out: the markdown report; the figure goes beside it.
         index: the rest of the index settings (full covariances are always kept).
         eps: `ε` of the Gaussian density.
-        tau: `τ` of the second-moment and Monte-Carlo scores.
+        tau: `τ` of the first-moment probabilities and the second-moment and Monte-Carlo
+            scores; None uses each space's own (recorded in its index manifest), as the
+            service does.
     """
 
     zoo_dir: Path
@@ -435,7 +437,7 @@ class EvalConfig:
     out: Path = Path("eval/RESULTS.md")
     index: IndexConfig = IndexConfig()
     eps: float = ServeConfig().eps
-    tau: float = ServeConfig().tau
+    tau: float | None = ServeConfig().tau
 
 
 @dataclass(frozen=True)
@@ -469,6 +471,7 @@ class SpaceResult:
     dropoff: dict[tuple[str, str], np.ndarray]  # (query set, method) -> (ranks,)
     confusions: dict[tuple[str, str], list[tuple[str, float, str]]]  # (set, method) -> per label
     duplicate_queries: int  # image queries equal to a stored sample feature of their model
+    tau: float  # the temperature scores used
 
 
 def text_supported(encoder: str) -> bool:
@@ -579,7 +582,8 @@ def evaluate_space(
             "delete the work dir's index and rerun"
         )
     space = load_feature_space(encoder)
-    tables = ScoringTables.build(stats, cfg.eps, cfg.tau)
+    tau = manifest.temperature if cfg.tau is None else cfg.tau
+    tables = ScoringTables.build(stats, cfg.eps, tau)
     descriptions = [m["description"] for m in stats.metadata]
     description_features = space.encode_texts(descriptions) if text_supported(encoder) else None
     ids = stats.ids
@@ -598,6 +602,7 @@ def evaluate_space(
         dropoff={},
         confusions={},
         duplicate_queries=0,
+        tau=tau,
     )
     for query_set in query_sets:
         if query_set.modality == "text" and not text_supported(encoder):
@@ -615,7 +620,7 @@ def evaluate_space(
         for method in METHODS:
             result.dropoff[(query_set.name, method)] = mean_dropoff(
                 scored[method][0],
-                probability_temperature(method, cfg.tau),
+                probability_temperature(method, tau),
                 min(DROPOFF_RANKS, len(ids)),
             )
         for method in (m for m in METHOD_ORDER if m in scored):

@@ -327,7 +327,7 @@ def _header(
     duplicates = ", ".join(f"{r.encoder}: {r.duplicate_queries}" for r in results)
     spaces = "; ".join(
         f"`{r.encoder}` = {r.space_id} (index at {r.index_root}, full Σ "
-        f"{'kept' if r.full_covariance else 'NOT kept'}, r = {r.rank})"
+        f"{'kept' if r.full_covariance else 'NOT kept'}, r = {r.rank}, τ = {r.tau:.4g})"
         for r in results
     )
     return [
@@ -351,7 +351,12 @@ def _header(
         f"{', '.join(facts['mixed']) or 'none'}.",
         "",
         f"Feature spaces: {spaces}. Index settings: {cfg.samples_per_model} samples per model "
-        f"(a sample-set folder gives at most its files), τ = {cfg.tau}, ε = {cfg.eps}.",
+        f"(a sample-set folder gives at most its files), ε = {cfg.eps}; τ is "
+        + (
+            "each space's own, the temperature it was trained with (its manifest's)."
+            if cfg.tau is None
+            else f"{cfg.tau} in every space."
+        ),
         "",
         "## Queries",
         "",

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "modelseek-index"
 FORMAT_VERSION = 1
+# τ of manifests written before the feature space's own was recorded: CLIP's.
+DEFAULT_TEMPERATURE = 0.01
 
 
 class StoreError(Exception):
@@ -62,6 +64,7 @@ class Manifest:
     shards: tuple[ShardEntry, ...]
     fingerprints: dict[str, str]
     settings: dict[str, Any]
+    temperature: float = DEFAULT_TEMPERATURE
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -201,7 +204,7 @@ def write_index(
     Args:
         root: the index root (created if missing).
         shards: the shards in order; together they hold every model once.
-        manifest_fields: feature_space, encoder and settings for the manifest.
+        manifest_fields: feature_space, encoder, temperature and settings for the manifest.
         keep: versions kept on storage after publication (the newest ones).
 
     Returns:

@@ -80,7 +80,10 @@ def test_product_of_experts_over_shards_equals_single_process(zoo, http, whole):
         Expert("gaussian_density", space.encode_images([face]), 0.7),
         Expert("first_moment", space.encode_images([digit]), -0.5),
     ]
-    tables = ScoringTables.build(whole, eps=1e-3, tau=0.01)
+    # The service scores at the temperature the feature space was trained with (hermetic: 0.07).
+    tau = store.read_manifest(zoo[1]).temperature
+    assert tau == pytest.approx(space.temperature)
+    tables = ScoringTables.build(whole, eps=1e-3, tau=tau)
     local = score_experts(tables, experts)
     final = local.scores.numpy() - poe_offset(experts, local.expert_lse)
     order = sorted(range(len(final)), key=lambda i: (-final[i], whole.ids[i]))

@@ -249,6 +249,11 @@ def test_saved_checkpoint_gives_the_same_features_and_a_digest_id(
     np.testing.assert_array_equal(loaded.encode_texts(TEXTS), hermetic.encode_texts(TEXTS))
 
 
+def test_temperature_is_the_models_own(hermetic: features.FeatureSpace) -> None:
+    # open_clip initialises logit_scale to log(1 / 0.07); the hermetic weights keep it.
+    assert hermetic.temperature == pytest.approx(0.07)
+
+
 def test_missing_checkpoint_fails_fast_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "open_clip_pytorch_model.bin"
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,12 @@ def test_id_is_the_projection_file_digest(space: features.FeatureSpace) -> None:
     assert space.id == f"lite/effnet-lite0+minilm/{digest}"
     assert describe_feature_space("lite") == space.id
     assert load_feature_space(parse_encoder_spec("lite")) is space
+
+
+def test_temperature_is_the_one_training_learned(space: features.FeatureSpace) -> None:
+    facts = json.loads(lite.PROJECTION_PATH.with_suffix(".json").read_text())
+    assert space.temperature == pytest.approx(facts["temperature"], abs=1e-5)
+    assert space.temperature != pytest.approx(0.01)
 
 
 def test_features_are_unit_rows_of_the_shared_dimension(space: features.FeatureSpace) -> None:

@@ -159,7 +159,7 @@ def _result(values: dict[str, dict[str, float]]) -> SpaceResult:
         )
     ]
     return SpaceResult(
-        "lite", "lite/x", Path("."), "000001", 1.0, 3, True, 8, 64, rows, {}, {}, {}, 0
+        "lite", "lite/x", Path("."), "000001", 1.0, 3, True, 8, 64, rows, {}, {}, {}, 0, 0.05
     )
 
 

@@ -145,6 +145,19 @@ def test_old_versions_are_pruned_but_current_kept(tmp_path):
     assert names == ["000003", "000004", "000005"] and manifest.version == "000005"
 
 
+def test_manifest_records_the_temperature_and_older_ones_read_as_clips(tmp_path):
+    stats = random_shard(num_models=4)
+    fields = {"feature_space": "fs/test", "encoder": "lite", "temperature": 0.05, "settings": {}}
+    manifest = store.write_index(tmp_path, [stats], fields)
+    assert store.read_manifest(tmp_path).temperature == 0.05
+
+    path = store.version_dir(tmp_path, manifest.version) / "manifest.json"
+    older = json.loads(path.read_text())
+    del older["temperature"]
+    path.write_text(json.dumps(older))
+    assert store.read_manifest(tmp_path).temperature == store.DEFAULT_TEMPERATURE == 0.01
+
+
 def test_missing_index_and_bad_manifest_are_clear_errors(tmp_path):
     with pytest.raises(store.StoreError, match="no index at"):
         store.read_manifest(tmp_path)
