@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from modelseek.catalog import load_catalog
 from modelseek.client import Client, encode_image
 from modelseek.config import IndexConfig, ServeConfig, with_env_overrides
 from modelseek.errors import ModelseekError
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Library warnings (e.g. the demo falling back to the hermetic encoder) read as log lines.
     logging.captureWarnings(True)
+    # One INFO line per HTTP request (httpx) drowns the answers the CLI prints.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.run(args)
     except (ModelseekError, FileNotFoundError, ValueError) as err:
@@ -260,6 +263,7 @@ def run_index(args: argparse.Namespace) -> int:
     from actors.indexing import build_index
 
     cfg = index_config(args)
+    load_catalog(args.catalog)  # a bad catalog fails in a second, not after starting Ray
     init_ray(args.ray_address)
     try:
         report = build_index(
@@ -385,10 +389,26 @@ def search_http(url: str, body: dict[str, Any], timeout_s: float = 60.0) -> dict
         return client.search_body(body)
 
 
+def _mixture_label(parts: list[dict[str, Any]]) -> str:
+    """'a dog - a cartoon' for a mix; a weight other than ±1 is shown ('0.5 × a dog')."""
+    label = ""
+    for i, part in enumerate(parts):
+        name = part.get("text") or f"{part['images']} image(s)"
+        weight = float(part.get("weight", 1.0))
+        sign = "-" if weight < 0 else "+"
+        if abs(weight) != 1.0:
+            name = f"{abs(weight):g} × {name}"
+        label += (f"-{name}" if sign == "-" else name) if i == 0 else f" {sign} {name}"
+    return label
+
+
 def print_results(body: dict[str, Any]) -> None:
     query = body["query"]
-    labels = [p.get("text") or f"{p['images']} image(s)" for p in query["parts"]]
-    label = f"similar to {query['similar_to']}" if query["similar_to"] else " + ".join(labels)
+    label = (
+        f"similar to {query['similar_to']}"
+        if query["similar_to"]
+        else _mixture_label(query["parts"])
+    )
     print(
         f"\n{query['kind']} query {label!r}, method {body['method']}, "
         f"index {body['index_version']}, {body['timings_ms']['total']:.1f} ms"

@@ -177,7 +177,7 @@ def test_cli_query_prints_ranked_answers_and_fails_cleanly(service, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "multimodal query" in out and out.count("mnist-digit-") == 2
+    assert "multimodal query 'a face - a digit'" in out and out.count("mnist-digit-") == 2
     assert main(["query", "--similar", "mnist-digit-1", "--k", "2", "--url", service]) == 0
     assert "distance=" in capsys.readouterr().out
     assert main(["query", "--similar", "nope", "--url", service]) == 2
