@@ -101,6 +101,14 @@ class BuildContext:
     )
     training_cpu_seconds: float = 0.0
     claimed: set[str] = field(default_factory=set)
+    loaded: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def load(self, loader: Callable[..., Any], *args: Any) -> Any:
+        """`loader(*args)`, read once per build: several classes come from one file or folder."""
+        key = (loader, *args)
+        if key not in self.loaded:
+            self.loaded[key] = loader(*args)
+        return self.loaded[key]
 
 
 def build_zoo(out_dir: Path, small: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -350,8 +358,8 @@ def _class_images(context: BuildContext, name: str) -> ClassImages:
 
 def _fashion_mnist_class(context: BuildContext, name: str) -> ClassImages:
     label = data.FASHION_MNIST_CLASSES.index(name)
-    train_images, train_labels = _fashion_mnist("train")
-    test_images, test_labels = _fashion_mnist("t10k")
+    train_images, train_labels = context.load(data.load_fashion_mnist, "train")
+    test_images, test_labels = context.load(data.load_fashion_mnist, "t10k")
     # lite validated on the first 100 test images of each class and trained on train images.
     held = test_images[test_labels == label][data.FASHION_MNIST_TEST_PER_CLASS :]
     return ClassImages(
@@ -366,7 +374,7 @@ def _fashion_mnist_class(context: BuildContext, name: str) -> ClassImages:
 def _mnist_class(context: BuildContext, digit: str) -> ClassImages:
     from modelseek.demo.prepare import load_mnist_5k
 
-    images, labels = _cached(load_mnist_5k)
+    images, labels = context.load(load_mnist_5k)
     chosen = images[labels == int(digit)]
     return ClassImages(
         train=list(chosen[:MNIST_TRAIN_PER_DIGIT]),
@@ -378,7 +386,7 @@ def _mnist_class(context: BuildContext, digit: str) -> ClassImages:
 
 
 def _openclipart_class(context: BuildContext, category: str) -> ClassImages:
-    paths = data.list_openclipart().get(category, [])
+    paths = context.load(data.list_openclipart).get(category, [])
     selection = set(data.openclipart_selection(paths))
     items = [
         (data.openclipart_key(path), path, context.held_out.openclipart_trained(path, selection))
@@ -507,22 +515,6 @@ def _split_items(
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-_CACHE: dict[Callable[..., Any], Any] = {}
-
-
-def _cached(load: Callable[[], Any]) -> Any:
-    if load not in _CACHE:
-        _CACHE[load] = load()
-    return _CACHE[load]
-
-
-def _fashion_mnist(part: str) -> tuple[np.ndarray, np.ndarray]:
-    key = (data.load_fashion_mnist, part)
-    if key not in _CACHE:
-        _CACHE[key] = data.load_fashion_mnist(part)  # type: ignore[index]
-    return _CACHE[key]  # type: ignore[index]
 
 
 def _shuffled(context: BuildContext, name: str, images: list[np.ndarray]) -> list[np.ndarray]:
