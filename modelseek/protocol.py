@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -546,9 +546,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def _model_scores(
-    tables: ScoringTables, method: str, features: np.ndarray
-) -> tuple[torch.Tensor, float]:
+class Scored(NamedTuple):
+    """A method's or baseline's answers to one query set."""
+
+    scores: torch.Tensor  # (q, n)
+    seconds: float  # per query
+    served: list[list[int]] | None  # the rows a scorer serves first (methods only)
+
+
+def _model_scores(tables: ScoringTables, method: str, features: np.ndarray) -> Scored:
     """Scores of every query by `method`, and seconds per query of score + exact top-k."""
     queries = torch.from_numpy(features)
 
@@ -559,11 +565,14 @@ def _model_scores(
     # One query first, untimed: the first call of a kernel starts its thread pool.
     score(tables, method, queries[:1])
     (scores, top), seconds = _timed(served)
-    ranked = rank_all(scores)[:, :SERVED_K]
-    # The full ranking used for the metrics must agree with what a scorer would serve.
-    if any(list(row) != t for row, t in zip(ranked.tolist(), top, strict=True)):
+    return Scored(scores, seconds / max(1, len(features)), top)
+
+
+def _check_served(method: str, ranked: np.ndarray, served: list[list[int]]) -> None:
+    """The full ranking used for the metrics must begin with what a scorer would serve."""
+    heads = ranked[:, :SERVED_K].tolist()
+    if any(head != top for head, top in zip(heads, served, strict=True)):
         raise AssertionError(f"{method}: full ranking disagrees with shards.topk.topk_rows")
-    return scores, seconds / max(1, len(features))
 
 
 def evaluate_space(
@@ -619,14 +628,18 @@ def evaluate_space(
         scored = _score_all(tables, features, query_set, descriptions, description_features)
         for method in METHODS:
             result.dropoff[(query_set.name, method)] = mean_dropoff(
-                scored[method][0],
+                scored[method].scores,
                 probability_temperature(method, tau),
                 min(DROPOFF_RANKS, len(ids)),
             )
         for method in (m for m in METHOD_ORDER if m in scored):
-            scores, seconds = scored[method]
-            rankings = [[ids[j] for j in row] for row in rank_all(scores)]
-            result.rows.extend(_rows(encoder, query_set, method, rankings, 1e3 * seconds))
+            ranked = rank_all(scored[method].scores)
+            if scored[method].served is not None:
+                _check_served(method, ranked, scored[method].served)
+            rankings = [[ids[j] for j in row] for row in ranked]
+            result.rows.extend(
+                _rows(encoder, query_set, method, rankings, 1e3 * scored[method].seconds)
+            )
             result.confusions[(query_set.name, method)] = _confusions(zoo, query_set, rankings)
         logger.info("%s: %s queries (%d) evaluated", encoder, query_set.name, len(query_set))
     return result
@@ -638,7 +651,7 @@ def _score_all(
     query_set: QuerySet,
     descriptions: Sequence[str],
     description_features: np.ndarray | None,
-) -> dict[str, tuple[torch.Tensor, float]]:
+) -> dict[str, Scored]:
     """(q, n) scores and seconds per query of every method and baseline that applies."""
     scored = {method: _model_scores(tables, method, features) for method in METHODS}
     scored[KEYWORD_BASELINE] = _baseline(
@@ -651,9 +664,9 @@ def _score_all(
     return scored
 
 
-def _baseline(make: Callable[[], torch.Tensor], count: int) -> tuple[torch.Tensor, float]:
+def _baseline(make: Callable[[], torch.Tensor], count: int) -> Scored:
     scores, seconds = _timed(make)
-    return scores, seconds / max(1, count)
+    return Scored(scores, seconds / max(1, count), None)
 
 
 def _rows(
