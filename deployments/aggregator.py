@@ -175,11 +175,8 @@ class Aggregator:
             position,
             len(manifest.shards),
             self._eps,
-            self._temperature(manifest),
+            manifest.scoring_temperature(self._tau_override),
         )
-
-    def _temperature(self, manifest: store.Manifest) -> float:
-        return manifest.temperature if self._tau_override is None else self._tau_override
 
     def _note_failure(self, scorers: list, position: int, error: BaseException) -> None:
         """Replace a scorer that died for good; others (timeouts, restarts) heal by themselves.
@@ -255,7 +252,8 @@ class Aggregator:
         experts: list[Expert] | None,
     ) -> SearchResult:
         started = time.perf_counter()
-        results = merge_answers(answers, k, self._records, experts, self._temperature(manifest))
+        tau = manifest.scoring_temperature(self._tau_override)
+        results = merge_answers(answers, k, self._records, experts, tau)
         return SearchResult(
             results,
             manifest.version,

@@ -55,7 +55,7 @@ def main(zoo_dir: str) -> None:
     zoo = load_zoo(zoo_dir)
     cfg = EvalConfig(zoo_dir=zoo.root)
     manifest, stats = load_index(index_dir(cfg, zoo, "lite"))
-    tau = manifest.temperature if cfg.tau is None else cfg.tau
+    tau = manifest.scoring_temperature(cfg.tau)
     tables = ScoringTables.build(stats, cfg.eps, tau)
     space = load_feature_space("lite")
     out = {}

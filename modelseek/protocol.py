@@ -591,7 +591,7 @@ def evaluate_space(
             "delete the work dir's index and rerun"
         )
     space = load_feature_space(encoder)
-    tau = manifest.temperature if cfg.tau is None else cfg.tau
+    tau = manifest.scoring_temperature(cfg.tau)
     tables = ScoringTables.build(stats, cfg.eps, tau)
     descriptions = [m["description"] for m in stats.metadata]
     description_features = space.encode_texts(descriptions) if text_supported(encoder) else None

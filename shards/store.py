@@ -71,6 +71,10 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def scoring_temperature(self, override: float | None) -> float:
+        """τ to score this version with: `override` when set, else its feature space's own."""
+        return self.temperature if override is None else override
+
     @classmethod
     def from_json(cls, text: str, source: str) -> "Manifest":
         try:

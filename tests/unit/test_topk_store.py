@@ -150,6 +150,7 @@ def test_manifest_records_the_temperature_and_older_ones_read_as_clips(tmp_path)
     fields = {"feature_space": "fs/test", "encoder": "lite", "temperature": 0.05, "settings": {}}
     manifest = store.write_index(tmp_path, [stats], fields)
     assert store.read_manifest(tmp_path).temperature == 0.05
+    assert manifest.scoring_temperature(None) == 0.05 and manifest.scoring_temperature(0.2) == 0.2
 
     path = store.version_dir(tmp_path, manifest.version) / "manifest.json"
     older = json.loads(path.read_text())
