@@ -17,7 +17,7 @@ from shards import store
 from shards.filters import FilterIndex, Filters
 from shards.frechet import LowRankGaussians, nearest_by_frechet
 from shards.queries import Expert, QueryScores, score_queries
-from shards.scoring import ScoringTables, set_scoring_threads
+from shards.scoring import ScoringTables, map_in_scoring_threads, set_scoring_threads
 from shards.topk import Hit, logsumexp_scaled, topk_rows
 
 logger = logging.getLogger(__name__)
@@ -148,10 +148,10 @@ class ShardScorer:
                 return [err]
             logger.debug("block of %d refused (%s); answering one by one", len(requests), err)
             return [answer for r in requests for answer in self._search_group([r])]
-        return [
-            self._answer(result, request.k, started)
-            for result, request in zip(results, requests, strict=True)
-        ]
+        return map_in_scoring_threads(
+            lambda pair: self._answer(pair[0], pair[1].k, started),
+            list(zip(results, requests, strict=True)),
+        )
 
     def _answer(self, result: QueryScores, k: int, started: float) -> ShardAnswer:
         rows = topk_rows(result.scores[None], k)[0]

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -335,14 +336,23 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     # Taking the next block is atomic under the GIL; the products release it.
     starts = iter(range(0, rows, step))
 
+    # For a block of queries each thread multiplies table rows by the queries' transpose into
+    # a (rows, q) buffer of its own, then transposes that (cache-hot) buffer into place:
+    # OpenBLAS's AVX-512 kernels ran (rows, d) x (d, q) at 84 GFLOPS per core on the EPYC
+    # against 56 for (q, d) x (d, rows), and 2-3x faster still for q = 2 to 8.
+    left_t = np.ascontiguousarray(left.T)
+
     def multiply() -> None:
+        turned = np.empty((step, left.shape[0]), dtype=left.dtype) if left.shape[0] > 1 else None
         for start in starts:
             cols = slice(start, min(start + step, rows))
-            if left.shape[0] == 1:
+            if turned is None:
                 # numpy's own dot loop streams ~20% faster per core than OpenBLAS's sgemv.
                 np.vecdot(right[cols], left[0], out=out[0, cols])
             else:
-                np.matmul(left, right[cols].T, out=out[:, cols])
+                part = turned[: cols.stop - cols.start]
+                np.matmul(right[cols], left_t, out=part)
+                out[:, cols] = part.T
 
     _pin_numpy_blas_to_one_thread()
     others = [_blas_executor(workers).submit(multiply) for _ in range(workers - 1)]
@@ -365,6 +375,8 @@ def _pin_numpy_blas_to_one_thread() -> None:
 
 
 _executors: dict[int, ThreadPoolExecutor] = {}
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 _executors_lock = threading.Lock()
 
 
@@ -376,6 +388,35 @@ def _blas_executor(workers: int) -> ThreadPoolExecutor:
                 max(1, workers - 1), thread_name_prefix="scoring-blas"
             )
         return _executors[workers]
+
+
+def map_in_scoring_threads(work: Callable[[_Item], _Result], items: list[_Item]) -> list[_Result]:
+    """[work(item) for item in items], shared by the scoring threads (`set_scoring_threads`).
+
+    For per-query work after a block is scored (top-k, normalisers), whose numpy and torch
+    calls release the GIL: a shard's 32 answers over 1M models take one thread 40 ms.
+    `work` must not itself score: the threads it would hand products to are busy with it.
+    """
+    threads = min(len(items), _scoring_threads or max(1, torch.get_num_threads()))
+    if threads <= 1:
+        return [work(item) for item in items]
+    results: list[_Result | None] = [None] * len(items)
+    positions = iter(range(len(items)))
+
+    def run() -> None:
+        for i in positions:
+            results[i] = work(items[i])
+
+    others = [_blas_executor(threads).submit(run) for _ in range(threads - 1)]
+    try:
+        run()
+    finally:
+        # Even when `work` raised here, no thread is left working once this returns.
+        for done in others:
+            done.exception()
+    for done in others:
+        done.result()
+    return results  # type: ignore[return-value]
 
 
 def score_first_moment(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,14 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from shards.moments import lowrank_covariance
-from shards.scoring import METHODS, ScoringTables, _matmul_nt, score, set_scoring_threads
+from shards.scoring import (
+    METHODS,
+    ScoringTables,
+    _matmul_nt,
+    map_in_scoring_threads,
+    score,
+    set_scoring_threads,
+)
 from shards.stats import ShardStats
 from tests.unit.shard_fixtures import random_shard
 
@@ -182,7 +189,7 @@ def test_blocked_kernels_equal_unblocked(monkeypatch):
         torch.testing.assert_close(score(tables, method, queries), expected)
 
 
-@pytest.mark.parametrize("num_queries", [1, 5])
+@pytest.mark.parametrize("num_queries", [1, 2, 5, 33])
 def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch, num_queries):
     rng = np.random.default_rng(4)
     table = torch.as_tensor(rng.normal(size=(1001, 16)), dtype=torch.float64)
@@ -198,3 +205,23 @@ def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch
         set_scoring_threads(None)
     with pytest.raises(ValueError, match="threads must be >= 1 or None, got 0"):
         set_scoring_threads(0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_map_in_scoring_threads_keeps_the_order_and_raises_what_work_raises(threads):
+    set_scoring_threads(threads)
+    try:
+        assert map_in_scoring_threads(lambda x: x * x, list(range(50))) == [
+            x * x for x in range(50)
+        ]
+        assert map_in_scoring_threads(str, []) == []
+
+        def fail_on_seven(x: int) -> int:
+            if x == 7:
+                raise RuntimeError("seven")
+            return x
+
+        with pytest.raises(RuntimeError, match="seven"):
+            map_in_scoring_threads(fail_on_seven, list(range(20)))
+    finally:
+        set_scoring_threads(None)
