@@ -10,6 +10,7 @@ rank, `m` reservoir samples, `q` queries.
 import argparse
 import contextlib
 import datetime
+import functools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards.scoring import METHODS, TABLES_READ, ScoringTables, score
+from shards.scoring import METHODS, TABLES_READ, ScoringTables, _matmul_nt, score
 from shards.stats import ShardStats
 from shards.topk import topk_rows
 
@@ -41,6 +42,14 @@ COV_NOISE = 0.1
 SIMULATE_BLOCK_ELEMENTS = 1 << 24
 # Passes of the bandwidth probe before each method.
 BANDWIDTH_PROBE_REPEATS = 3
+# Cases whose tables are at least this large (well past the last-level cache) take a
+# bandwidth probe pass before every timed sample, and their fraction of the bound is the
+# median of the per-sample fractions: the VM's bandwidth drifts by ±40% within a case.
+PAIRED_PROBE_MIN_BYTES = 64 * 1024**2
+# The product rate is measured on (COMPUTE_PROBE_QUERIES, d) x (COMPUTE_PROBE_ROWS, d): a
+# query block against a table that stays in the last-level cache, so memory does not limit it.
+COMPUTE_PROBE_QUERIES = 32
+COMPUTE_PROBE_ROWS = 4096
 # A timed sample repeats a fast call until it lasts this long, so timer resolution and
 # one-off hiccups do not dominate sub-millisecond cases.
 MIN_SAMPLE_S = 0.05
@@ -117,7 +126,9 @@ class Case:
 
     Attributes:
         bytes_read: bytes of the tables the method streams per query block.
-        bandwidth: read bandwidth measured just before the method, bytes per second.
+        bandwidth: read bandwidth, bytes per second: the median of the probes before each
+            timed sample (tables of PAIRED_PROBE_MIN_BYTES or more), else of those before the
+            method.
         build_s: seconds ScoringTables.build_for took for this method.
         peak_extra_bytes: RSS high-water while timing, above the RSS before (the scoring
             temporaries); None where /proc cannot reset the high-water mark.
@@ -126,6 +137,11 @@ class Case:
         loop_s: the per-model loop on the same queries, when timed at this size.
         loop_models: models the loop timed per pass (fewer than n: extrapolated).
         faiss_s: FAISS IndexFlatIP on the same unit means (first moment only).
+        flops: floating-point operations of the method's matrix products per query block.
+        product_rate: the products' rate on cache-resident tables, measured before the
+            method, floating-point operations per second.
+        paired_fraction: median over timed samples of (bound at the bandwidth probed just
+            before the sample) / (the sample's time); None where no probe preceded samples.
     """
 
     size: int
@@ -142,6 +158,9 @@ class Case:
     loop_s: float | None = None
     loop_models: int | None = None
     faiss_s: float | None = None
+    flops: float = 0.0
+    product_rate: float | None = None
+    paired_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -427,26 +446,41 @@ def track_peak_rss() -> Iterator[RssPeak]:
 # --- timing ---------------------------------------------------------------------------------
 
 
-def median_seconds(
-    call: Callable[[], object], repeats: int, budget_s: float, warm: bool = False
-) -> tuple[float, int]:
-    """Median seconds of `call` over `repeats` samples, fewer (but 3) past `budget_s` seconds.
+def sample_seconds(
+    call: Callable[[], object],
+    repeats: int,
+    budget_s: float,
+    warm: bool = False,
+    before_sample: Callable[[], object] | None = None,
+) -> list[float]:
+    """Seconds of `call` in `repeats` samples, fewer (but 3) past `budget_s` seconds.
 
-    A warm-up call comes first unless `warm` says the caller made one.
+    A warm-up call comes first unless `warm` says the caller made one. `before_sample` runs,
+    untimed, before every sample (a bandwidth probe); it does not count against the budget.
     """
     started = time.perf_counter()
     call()
     first_s = time.perf_counter() - started
     inner = max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(first_s, 1e-7))))
-    samples = [] if not warm or inner > 1 else [first_s]
+    samples = [first_s] if warm and inner == 1 and before_sample is None else []
     spent = first_s
     while len(samples) < repeats and (len(samples) < 3 or spent < budget_s):
+        if before_sample is not None:
+            before_sample()
         started = time.perf_counter()
         for _ in range(inner):
             call()
         elapsed = time.perf_counter() - started
         samples.append(elapsed / inner)
         spent += elapsed
+    return samples
+
+
+def median_seconds(
+    call: Callable[[], object], repeats: int, budget_s: float, warm: bool = False
+) -> tuple[float, int]:
+    """Median of `sample_seconds` and the number of samples."""
+    samples = sample_seconds(call, repeats, budget_s, warm)
     return statistics.median(samples), len(samples)
 
 
@@ -471,6 +505,35 @@ class BandwidthProbe:
             self._values.sum()
             samples.append(self.num_bytes / (time.perf_counter() - started))
         return samples
+
+
+def measure_product_rate(threads: int, repeats: int = 3) -> float:
+    """Floating-point operations per second of the kernels' product on cache-resident data.
+
+    `_matmul_nt` of a (COMPUTE_PROBE_QUERIES, d) block against a (COMPUTE_PROBE_ROWS, d)
+    table: what the products reach when memory does not hold them back, the compute side of
+    the bounds (a kernel whose products need F operations takes at least F / rate).
+    """
+    generator = torch.Generator().manual_seed(0)
+    block = torch.randn(COMPUTE_PROBE_QUERIES, DIM, generator=generator)
+    table = torch.randn(COMPUTE_PROBE_ROWS, DIM, generator=generator)
+    with torch.inference_mode():
+        samples = sample_seconds(lambda: _matmul_nt(block, table), repeats, budget_s=1.0)
+    return 2 * COMPUTE_PROBE_QUERIES * COMPUTE_PROBE_ROWS * DIM / statistics.median(samples)
+
+
+def product_flops(method: str, n: int, cfg: BenchConfig, batch: int) -> float:
+    """Floating-point operations of `method`'s matrix products for one block of `batch`."""
+    d, r, m = DIM, cfg.rank, cfg.reservoir
+    per_query = {
+        "first_moment": n * d,
+        "first_second_moment": n * d + n * r * d,
+        "first_second_moment_full": n * d + n * d * d,
+        "gaussian_density": n * d + n * r * d,
+        "gaussian_density_full": n * d * d,
+        "monte_carlo": n * m * d,
+    }[method]
+    return 2.0 * per_query * batch
 
 
 # --- the per-model loop ---------------------------------------------------------------------
@@ -629,6 +692,8 @@ def bench_method(
 
     bandwidth_samples = probe.measure(BANDWIDTH_PROBE_REPEATS)
     bandwidth = statistics.median(bandwidth_samples)
+    product_rate = measure_product_rate(cfg.threads)
+    paired = bytes_read >= PAIRED_PROBE_MIN_BYTES
     cases = []
     for batch, block in queries.items():
 
@@ -636,8 +701,17 @@ def bench_method(
             return topk_rows(score(tables, method, block), cfg.k)
 
         answer()  # warms up and maps the tables' pages before the high-water mark is reset
+        probes: list[float] = []
         with track_peak_rss() as peak:
-            seconds, repeats = median_seconds(answer, cfg.repeats, cfg.case_budget_s, warm=True)
+            samples = sample_seconds(
+                answer,
+                cfg.repeats,
+                cfg.case_budget_s,
+                warm=True,
+                before_sample=functools.partial(_probe_into, probe, probes) if paired else None,
+            )
+        seconds, repeats = statistics.median(samples), len(samples)
+        bandwidth_samples += probes
         loop_s, loop_models = loops.get(batch, (None, None))
         faiss_s = time_faiss(tables, block, cfg) if method == "first_moment" and cfg.faiss else None
         cases.append(
@@ -649,13 +723,20 @@ def bench_method(
                 seconds=seconds,
                 repeats=repeats,
                 bytes_read=bytes_read,
-                bandwidth=bandwidth,
+                bandwidth=statistics.median(probes) if probes else bandwidth,
                 build_s=build_s,
                 peak_extra_bytes=peak.extra_bytes,
                 process_peak_bytes=peak.process_bytes,
                 loop_s=loop_s,
                 loop_models=loop_models,
                 faiss_s=faiss_s,
+                flops=product_flops(method, collection.n, cfg, batch),
+                product_rate=product_rate,
+                paired_fraction=statistics.median(
+                    bytes_read / bw / t for bw, t in zip(probes, samples, strict=True)
+                )
+                if probes
+                else None,
             )
         )
         logger.info(
@@ -668,6 +749,10 @@ def bench_method(
             "-" if faiss_s is None else f"{1e3 * faiss_s / batch:.3f} ms",
         )
     return cases, bandwidth_samples
+
+
+def _probe_into(probe: BandwidthProbe, samples: list[float]) -> None:
+    samples.extend(probe.measure(1))
 
 
 def cpu_jiffies() -> tuple[int, int]:
@@ -817,13 +902,26 @@ def _bench_size(
 
 
 def bound_fraction(case: Case) -> float:
-    """(bytes read / bandwidth measured before it) / time: 1.0 is as fast as memory allows."""
+    """(bytes read / bandwidth) / time: 1.0 is as fast as memory allows.
+
+    Paired with the probe before each sample where there were such probes.
+    """
+    if case.paired_fraction is not None:
+        return case.paired_fraction
     return case.bytes_read / case.bandwidth / case.seconds
 
 
+def compute_bound_s(case: Case) -> float:
+    """Seconds the case's products take at the measured product rate; 0 where not measured."""
+    return case.flops / case.product_rate if case.product_rate else 0.0
+
+
 def loop_ceiling(case: Case) -> float:
-    """The most any kernel that reads the tables could beat the loop by: loop time / bound."""
-    return case.loop_s / (case.bytes_read / case.bandwidth)
+    """The most a kernel that reads the tables and does the products could beat the loop by.
+
+    The loop's time over the larger of the bandwidth bound and the compute bound.
+    """
+    return case.loop_s / max(case.bytes_read / case.bandwidth, compute_bound_s(case))
 
 
 def evaluate_targets(report: BenchReport) -> list[Target]:
@@ -864,7 +962,9 @@ def evaluate_targets(report: BenchReport) -> list[Target]:
             if speedup is not None:
                 ceiling = loop_ceiling(case)
                 measured = f"{speedup:.0f}x (ceiling {ceiling:.0f}x" + (
-                    ": out of reach of any kernel that reads the tables)" if ceiling < 100 else ")"
+                    ": out of reach of any kernel that reads the tables and does the products)"
+                    if ceiling < 100
+                    else ")"
                 )
             targets.append(
                 Target(
@@ -936,7 +1036,8 @@ def render_markdown(report: BenchReport) -> str:
         f"Memory read bandwidth: **{bandwidth / 1e9:.1f} GB/s** (median of "
         f"{len(report.bandwidth_samples)} `torch.sum` passes over a "
         f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 tensor: 7 at the start and the end of "
-        f"the run, {BANDWIDTH_PROBE_REPEATS} before every method; range "
+        f"the run, {BANDWIDTH_PROBE_REPEATS} before every method, one before every timed sample "
+        f"of a case whose tables exceed {PAIRED_PROBE_MIN_BYTES // 1024**2} MiB; range "
         f"{min(report.bandwidth_samples) / 1e9:.1f}–{max(report.bandwidth_samples) / 1e9:.1f} "
         "GB/s: the VM's speed drifts with its neighbours, so each case's bound uses the "
         "bandwidth measured just before it).",
@@ -960,9 +1061,15 @@ def render_markdown(report: BenchReport) -> str:
         "Queries are unit vectors.",
         "- Bound: bytes of the tables the method reads (its whole index: every model's "
         "statistics must be read once per query block) / the bandwidth measured just before "
-        "the method. "
-        "*Fraction* = bound / measured time; 100% is as fast as memory allows. Batch 32 "
-        "reads the same bytes for 32 queries, so its time is compute, not memory.",
+        "the method. *Fraction* = bound / measured time; 100% is as fast as memory allows. "
+        f"For tables over {PAIRED_PROBE_MIN_BYTES // 1024**2} MiB a probe pass precedes every "
+        "timed sample and the fraction is the median of the per-sample fractions, so a drift "
+        "in bandwidth between samples does not count as the kernel's. Batch 32 reads the same "
+        "bytes for 32 queries, so its time is compute, not memory.",
+        "- Compute bound: floating-point operations of the method's matrix products per block "
+        "/ the rate `_matmul_nt` reaches on a "
+        f"({COMPUTE_PROBE_QUERIES}, {DIM}) x ({COMPUTE_PROBE_ROWS}, {DIM}) product whose table "
+        "stays in cache, measured before each method (shown as GFLOPS).",
         "- Memory: *tables GB* is the bytes the method reads; *peak extra GB* the RSS high-water "
         "while timing above the RSS before it (the scoring temporaries; `/proc/self/clear_refs` "
         "resets the mark); *process RSS GB* the process's RSS high-water from the previous case "
@@ -1018,9 +1125,10 @@ def _detail_table(report: BenchReport) -> list[str]:
     lines = [
         "## Every case",
         "",
-        "| models | method | r | batch | ms/query | ms/batch | tables GB | GB/s before | bound ms "
-        "| fraction | peak extra GB | process RSS GB | build s | samples |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| models | method | r | batch | ms/query | ms/batch | tables GB | GB/s | bound ms "
+        "| fraction | GFLOPS | compute bound ms | peak extra GB | process RSS GB | build s "
+        "| samples |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report.cases:
         bound_s = c.bytes_read / c.bandwidth
@@ -1028,6 +1136,7 @@ def _detail_table(report: BenchReport) -> list[str]:
             f"| {_size(c.size)} | {c.method} | {c.rank or '—'} | {c.batch} "
             f"| {_ms(c.seconds / c.batch)} | {_ms(c.seconds)} | {_gb(c.bytes_read)} "
             f"| {c.bandwidth / 1e9:.1f} | {_ms(bound_s)} | {bound_fraction(c):.0%} "
+            f"| {(c.product_rate or 0) / 1e9:.0f} | {_ms(compute_bound_s(c))} "
             f"| {_gb(c.peak_extra_bytes)} | {_gb(c.process_peak_bytes)} | {c.build_s:.1f} "
             f"| {c.repeats} |"
         )
@@ -1041,9 +1150,9 @@ def _loop_table(report: BenchReport) -> list[str]:
     lines = [
         "## Speed-up over the per-model loop",
         "",
-        "The ceiling is the loop's time over the bandwidth bound: no kernel that reads the "
-        "tables can beat the loop by more (at batch 32 the kernels are compute-bound, so the "
-        "real ceiling is lower still).",
+        "The ceiling is the loop's time over the larger of the bandwidth bound and the compute "
+        "bound: no kernel that reads the tables and does the products at the measured rate "
+        "can beat the loop by more.",
         "",
         "| models | method | batch | loop ms/query | ours ms/query | speed-up | ceiling "
         "| models timed |",

@@ -43,6 +43,32 @@ def test_tiny_run_measures_every_method_at_every_batch(tiny_report):
         assert (case.faiss_s is not None) == (HAS_FAISS and case.method == "first_moment")
     assert tiny_report.bandwidth > 0
     assert tiny_report.wall_s > 0 and tiny_report.peak_rss_bytes > 0
+    # Only tables past the threshold (full covariances: 139 MB) take a probe before each sample.
+    for case in tiny_report.cases:
+        paired = case.bytes_read >= bench.PAIRED_PROBE_MIN_BYTES
+        assert (case.paired_fraction is not None) == paired, case.method
+    assert all(case.product_rate > 0 and case.flops > 0 for case in tiny_report.cases)
+
+
+def test_cases_past_the_probe_threshold_pair_each_sample_with_a_bandwidth_probe(monkeypatch):
+    monkeypatch.setattr(bench, "PAIRED_PROBE_MIN_BYTES", 1)
+    cfg = bench.BenchConfig(**{**TINY, "methods": ("first_moment",), "repeats": 3})
+    report = bench.run_bench(cfg, command="modelseek bench (test)")
+    # 7 probes at the start and at the end, 3 before the method, one before each sample.
+    samples = sum(case.repeats for case in report.cases)
+    assert len(report.bandwidth_samples) == 7 + 7 + bench.BANDWIDTH_PROBE_REPEATS + samples
+    for case in report.cases:
+        assert case.paired_fraction is not None and case.paired_fraction > 0
+        assert bench.bound_fraction(case) == case.paired_fraction
+
+
+def test_product_flops_count_the_multiply_adds_of_each_method():
+    cfg = bench.BenchConfig(rank=4, reservoir=8)
+    n, d, q = 10, bench.DIM, 3
+    assert bench.product_flops("first_moment", n, cfg, q) == 2 * n * d * q
+    assert bench.product_flops("gaussian_density", n, cfg, q) == 2 * (n * d + n * 4 * d) * q
+    assert bench.product_flops("gaussian_density_full", n, cfg, q) == 2 * n * d * d * q
+    assert bench.product_flops("monte_carlo", n, cfg, q) == 2 * n * 8 * d * q
 
 
 def test_bytes_read_are_the_tables_each_method_streams(tiny_report):
@@ -135,9 +161,12 @@ def test_cli_writes_the_report_it_prints(tmp_path: Path, capsys):
 
 
 def test_loop_targets_out_of_reach_of_any_kernel_say_so():
-    def case(loop_s: float) -> bench.Case:
-        # 1 GB at 10 GB/s: no kernel can take under 0.1 s.
-        return bench.Case(10_000, "monte_carlo", 1, 0, 0.2, 5, 10**9, 1e10, 0.0, None, None, loop_s)
+    def case(loop_s: float, flops: float = 0.0) -> bench.Case:
+        # 1 GB at 10 GB/s: no kernel can take under 0.1 s; products at 100 GFLOPS.
+        return bench.Case(
+            10_000, "monte_carlo", 1, 0, 0.2, 5, 10**9, 1e10, 0.0, None, None, loop_s,
+            flops=flops, product_rate=1e11,
+        )  # fmt: skip
 
     report = bench.BenchReport(config=bench.BenchConfig(), command="x", machine={})
     report.cases = [case(loop_s=5.0)]
@@ -147,3 +176,6 @@ def test_loop_targets_out_of_reach_of_any_kernel_say_so():
     report.cases = [case(loop_s=50.0)]
     target = next(t for t in bench.evaluate_targets(report) if t.name.startswith("monte_carlo"))
     assert target.passed is True and target.measured == "250x (ceiling 500x)"
+    # 40 GFLOP of products take 0.4 s at 100 GFLOPS: the compute bound sets the ceiling.
+    report.cases = [case(loop_s=50.0, flops=4e10)]
+    assert bench.loop_ceiling(report.cases[0]) == pytest.approx(125)
