@@ -28,7 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards.scoring import METHODS, TABLES_READ, ScoringTables, _matmul_nt, score
+from shards.scoring import (
+    METHODS,
+    TABLES_READ,
+    ScoringTables,
+    _matmul_nt,
+    get_scoring_threads,
+    score,
+    set_scoring_threads,
+)
 from shards.stats import ShardStats
 from shards.topk import topk_rows
 
@@ -93,7 +101,8 @@ class BenchConfig:
         loop_sizes: sizes at which the per-model loop is timed.
         loop_budget_s: seconds one pass of the loop may take; past it the rest of the pass is
             extrapolated from the models timed (every model costs the loop the same work).
-        threads: torch, BLAS and FAISS threads.
+        threads: threads of the kernels' products and of FAISS (torch's own ops use one, as
+            in a scorer actor; see `limit_threads`).
         faiss: also time FAISS IndexFlatIP for the first moment.
         eps: ε added to covariances, as served.
         tau: τ of the second-moment and Monte-Carlo scores, as served.
@@ -507,7 +516,7 @@ class BandwidthProbe:
         return samples
 
 
-def measure_product_rate(threads: int, repeats: int = 3) -> float:
+def measure_product_rate(repeats: int = 3) -> float:
     """Floating-point operations per second of the kernels' product on cache-resident data.
 
     `_matmul_nt` of a (COMPUTE_PROBE_QUERIES, d) block against a (COMPUTE_PROBE_ROWS, d)
@@ -692,7 +701,7 @@ def bench_method(
 
     bandwidth_samples = probe.measure(BANDWIDTH_PROBE_REPEATS)
     bandwidth = statistics.median(bandwidth_samples)
-    product_rate = measure_product_rate(cfg.threads)
+    product_rate = measure_product_rate()
     paired = bytes_read >= PAIRED_PROBE_MIN_BYTES
     cases = []
     for batch, block in queries.items():
@@ -802,16 +811,21 @@ def describe_machine(threads: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def limit_threads(threads: int) -> Iterator[None]:
-    """Run torch with `threads` threads, restoring the previous count after.
+    """Run as a scorer actor runs: torch's own ops on one thread, the products on `threads`.
 
-    The scoring kernels split their BLAS calls over torch's thread count themselves (see
-    shards.scoring._matmul_nt); FAISS is set in `time_faiss`.
+    Ray gives a scorer (a fraction of a CPU) OMP_NUM_THREADS=1, and the kernels split their
+    products over `set_scoring_threads` threads themselves (shards.scoring._matmul_nt). With
+    a second OpenMP thread, torch's reductions cost the products a core: libgomp's idle
+    threads spin for a while after each parallel region (32 queries x 10K means scored
+    1.7x slower). FAISS is set in `time_faiss`. The previous settings are restored after.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    previous, previous_scoring = torch.get_num_threads(), get_scoring_threads()
+    torch.set_num_threads(1)
+    set_scoring_threads(threads)
     try:
         yield
     finally:
+        set_scoring_threads(previous_scoring)
         torch.set_num_threads(previous)
 
 
@@ -1027,7 +1041,8 @@ def render_markdown(report: BenchReport) -> str:
         f"Machine: {machine['cpu']} ({machine['cpu_flags']}), {machine['cores']} cores, "
         f"{machine['memory']}, {machine['system']}; Python {machine['python']}, "
         f"torch {machine['torch']}, numpy {machine['numpy']}, faiss {machine['faiss']}; "
-        f"{machine['threads']} threads for torch, BLAS and FAISS. Load average (1, 5, 15 min) "
+        f"{machine['threads']} threads for the products and FAISS, one for torch's own ops, as "
+        "in a scorer actor. Load average (1, 5, 15 min) "
         f"{machine['load_start']} at the start and {machine.get('load_end', '?')} at the end; "
         f"other processes in the VM kept {machine.get('others_cores', '?')} cores busy on "
         "average during the run (/proc/stat less this process); neighbours outside the VM show "

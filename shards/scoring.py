@@ -55,6 +55,11 @@ def set_scoring_threads(threads: int | None) -> None:
     _scoring_threads = threads
 
 
+def get_scoring_threads() -> int | None:
+    """What `set_scoring_threads` last set; None: torch.get_num_threads()."""
+    return _scoring_threads
+
+
 # The tables each method reads. Tables built for some methods only (`build_for`) hold these
 # and leave the others empty; the bytes they occupy are what a query must stream from memory.
 TABLES_READ: dict[str, tuple[str, ...]] = {
