@@ -34,6 +34,7 @@ from shards.scoring import (
     ScoringTables,
     _matmul_nt,
     get_scoring_threads,
+    map_in_scoring_threads,
     score,
     set_scoring_threads,
 )
@@ -50,6 +51,8 @@ COV_NOISE = 0.1
 SIMULATE_BLOCK_ELEMENTS = 1 << 24
 # Passes of the bandwidth probe before each method.
 BANDWIDTH_PROBE_REPEATS = 3
+# The bandwidth probe's array is summed in chunks of this many float32 (32 MiB).
+PROBE_CHUNK_ELEMENTS = 1 << 23
 # Cases whose tables are at least this large (well past the last-level cache) take a
 # bandwidth probe pass before every timed sample, and their fraction of the bound is the
 # median of the per-sample fractions: the VM's bandwidth drifts by ±40% within a case.
@@ -494,24 +497,28 @@ def median_seconds(
 
 
 class BandwidthProbe:
-    """Memory read bandwidth, from torch.sum over a float32 tensor held for the whole run.
+    """Memory read bandwidth: a float32 array held for the whole run, summed by the threads.
 
-    The run measures it at the start, before every method and at the end: the machine is a
-    VM whose speed drifts with its neighbours, so each case is set against the bandwidth
-    measured just before it. The tensor adds `num_bytes` to the run's memory.
+    The kernels' threads (`set_scoring_threads`) share its 32 MiB chunks, as they share a
+    table's blocks, and numpy sums each (torch.sum would wake OpenMP threads whose spinning
+    afterwards slows the next timed products). The run measures it at the start, before
+    every method, before every sample of a large case and at the end: the machine is a VM
+    whose speed drifts with its neighbours. The array adds `num_bytes` to the run's memory.
     """
 
     def __init__(self, num_bytes: int) -> None:
         self.num_bytes = num_bytes
-        self._values = torch.ones(num_bytes // 4)
-        self._values.sum()
+        values = np.ones(num_bytes // 4, dtype=np.float32)
+        step = PROBE_CHUNK_ELEMENTS
+        self._chunks = [values[i : i + step] for i in range(0, values.size, step)]
+        self.measure(1)
 
     def measure(self, repeats: int) -> list[float]:
         """Bytes per second, one sample per pass."""
         samples = []
         for _ in range(repeats):
             started = time.perf_counter()
-            self._values.sum()
+            map_in_scoring_threads(np.sum, self._chunks)
             samples.append(self.num_bytes / (time.perf_counter() - started))
         return samples
 
@@ -1049,8 +1056,9 @@ def render_markdown(report: BenchReport) -> str:
         "only as drift in the bandwidth probes below. Every time is a median of repeats.",
         "",
         f"Memory read bandwidth: **{bandwidth / 1e9:.1f} GB/s** (median of "
-        f"{len(report.bandwidth_samples)} `torch.sum` passes over a "
-        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 tensor: 7 at the start and the end of "
+        f"{len(report.bandwidth_samples)} passes over a "
+        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 array, its 32 MiB chunks summed by the "
+        f"{cfg.threads} threads that run the products: 7 at the start and the end of "
         f"the run, {BANDWIDTH_PROBE_REPEATS} before every method, one before every timed sample "
         f"of a case whose tables exceed {PAIRED_PROBE_MIN_BYTES // 1024**2} MiB; range "
         f"{min(report.bandwidth_samples) / 1e9:.1f}–{max(report.bandwidth_samples) / 1e9:.1f} "
