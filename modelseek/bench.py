@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import importlib.util
 import logging
 import math
 import os
@@ -851,6 +852,11 @@ def validate(cfg: BenchConfig) -> None:
         )
     if cfg.memory_budget_bytes <= 0:
         raise ValueError(f"--memory-gb must be > 0, got {cfg.memory_budget_bytes / 1024**3}")
+    if cfg.faiss and importlib.util.find_spec("faiss") is None:
+        raise ValueError(
+            "FAISS is not installed: install the bench extra (pip install -e '.[bench]') "
+            "or pass --no-faiss"
+        )
 
 
 def run_bench(cfg: BenchConfig, command: str) -> BenchReport:

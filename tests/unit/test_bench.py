@@ -144,6 +144,18 @@ def test_only_the_methods_asked_for_are_timed_and_reported():
         bench.run_bench(bench.BenchConfig(**{**TINY, "methods": ("cosine",)}), command="x")
 
 
+def test_a_missing_faiss_is_named_before_anything_runs(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "faiss" else real_find_spec(name)
+    )
+    with pytest.raises(ValueError, match=r"FAISS is not installed.*--no-faiss"):
+        bench.run_bench(bench.BenchConfig(**{**TINY, "faiss": True}), command="x")
+    assert bench.run_bench(
+        bench.BenchConfig(**{**TINY, "faiss": False, "methods": ("first_moment",)}), command="x"
+    ).cases
+
+
 def test_sizes_accept_k_and_m_suffixes():
     assert bench.parse_sizes("133,10K,100k,1M") == (133, 10_000, 100_000, 1_000_000)
     with pytest.raises(Exception, match="optional K or M"):
