@@ -36,6 +36,7 @@ from shards.scoring import (
     _matmul_nt,
     get_scoring_threads,
     map_in_scoring_threads,
+    packed_whiten_elements,
     score,
     set_scoring_threads,
 )
@@ -378,7 +379,7 @@ def table_elements(n: int, rank: int, reservoir: int) -> dict[str, int]:
         "reservoir_log_count": n,
         "reservoir_mask": n * reservoir,
         "full_cov": n * d * d,
-        "full_whiten": n * d * d,
+        "full_whiten": n * packed_whiten_elements(d),
         "full_whiten_mean": n * d,
         "full_const": n,
     }
@@ -547,7 +548,7 @@ def product_flops(method: str, n: int, cfg: BenchConfig, batch: int) -> float:
         "first_second_moment": n * d + n * r * d,
         "first_second_moment_full": n * d + n * d * d,
         "gaussian_density": n * d + n * r * d,
-        "gaussian_density_full": n * d * d,
+        "gaussian_density_full": n * packed_whiten_elements(d),
         "monte_carlo": n * m * d,
     }[method]
     return 2.0 * per_query * batch

@@ -38,6 +38,10 @@ MATVEC_BLOCK_ELEMENTS = 1 << 21
 # Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
 # work to other threads costs more than it saves.
 PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+# L⁻¹ is lower triangular: its rows are stored in bands of this many, each band only up to
+# its last row's diagonal, which keeps 56% of the d x d entries at d = 512 (the products and
+# the bytes read shrink alike) while each band is still one wide product.
+WHITEN_BAND_ROWS = 64
 # Threads that share a product (`set_scoring_threads`); None: torch.get_num_threads().
 _scoring_threads: int | None = None
 
@@ -117,7 +121,7 @@ class ScoringTables:
     reservoir_log_count: torch.Tensor  # (n,) log of the valid rows, −inf where there are none
     reservoir_mask: torch.Tensor  # (n, m) bool, True on valid rows
     full_cov: torch.Tensor | None  # (n, d, d) Σ
-    full_whiten: torch.Tensor | None  # (n, d, d) L⁻¹ with L Lᵀ = Σ + εI
+    full_whiten: torch.Tensor | None  # L⁻¹ with L Lᵀ = Σ + εI, in bands (`whiten_bands`)
     full_whiten_mean: torch.Tensor | None  # (n, d) L⁻¹ μ
     full_const: torch.Tensor | None  # (n,) −½ (d log 2π + log|Σ + εI|)
     methods: frozenset[str] | None = None  # the methods these tables serve; None: all of them
@@ -213,7 +217,7 @@ def _derive_tables(
         if "reservoir_mask" in wanted
         else empty((0,), "reservoir_mask", torch.bool),
         full_cov=direct("full_cov", lambda: stats.covs) if keep_full else None,
-        full_whiten=empty((n, d, d), "full_whiten") if keep_full else None,
+        full_whiten=empty((n * packed_whiten_elements(d),), "full_whiten") if keep_full else None,
         full_whiten_mean=empty((n, d), "full_whiten_mean") if keep_full else None,
         full_const=empty((n,), "full_const") if keep_full else None,
     )
@@ -291,12 +295,42 @@ def _fill_full_chunk(
     whiten = torch.linalg.solve_triangular(chol, eye, upper=False)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)
     if "full_whiten" in names:
-        tables["full_whiten"][rows] = whiten
+        for first, last, band in whiten_bands(tables["full_whiten"], stats.num_models, d):
+            height = last - first
+            band[rows.start * height : rows.stop * height] = whiten[:, first:last, :last].reshape(
+                -1, last
+            )
     if "full_whiten_mean" in names:
         means = torch.from_numpy(stats.means[rows].astype(np.float64))
         tables["full_whiten_mean"][rows] = torch.einsum("nij,nj->ni", whiten, means)
     if "full_const" in names:
         tables["full_const"][rows] = -0.5 * (d * math.log(2 * math.pi) + logdet)
+
+
+def _band_rows(dim: int) -> list[tuple[int, int]]:
+    return [(i, min(i + WHITEN_BAND_ROWS, dim)) for i in range(0, dim, WHITEN_BAND_ROWS)]
+
+
+def packed_whiten_elements(dim: int) -> int:
+    """Elements of one model's L⁻¹ as stored: each band of rows up to its last diagonal."""
+    return sum((last - first) * last for first, last in _band_rows(dim))
+
+
+def whiten_bands(
+    packed: torch.Tensor, num_models: int, dim: int
+) -> list[tuple[int, int, torch.Tensor]]:
+    """Views of the stored L⁻¹ of every model: per band (first row, last row + 1, table).
+
+    Band rows [first, last) of L⁻¹ are zero past column last − 1, so a band is kept as a
+    (num_models · (last − first), last) table: model i's rows come at i · (last − first).
+    Bands follow each other in `packed`, each for all the models.
+    """
+    views, offset = [], 0
+    for first, last in _band_rows(dim):
+        size = num_models * (last - first) * last
+        views.append((first, last, packed[offset : offset + size].view(-1, last)))
+        offset += size
+    return views
 
 
 def _unit(queries: torch.Tensor) -> torch.Tensor:
@@ -476,13 +510,22 @@ def score_gaussian_density(t: ScoringTables, queries: torch.Tensor) -> torch.Ten
 
 
 def score_gaussian_density_full(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
-    """log N(z; μ, Σ + εI) with the full covariance, through the whitening L⁻¹."""
-    whiten = _require_full(t.full_whiten, "gaussian_density_full")
+    """log N(z; μ, Σ + εI) with the full covariance, through the whitening L⁻¹.
+
+    ‖L⁻¹(z − μ)‖² summed band by band: rows [first, last) of L⁻¹ need z[:last] only.
+    """
+    bands = whiten_bands(_require_full(t.full_whiten, "gaussian_density_full"), t.num_models, t.dim)
     q, d = queries.shape
     out = torch.empty(q, t.num_models, dtype=queries.dtype, device=queries.device)
     for block in _model_blocks(t.num_models, q, d):
-        white = _matmul_nt(queries, whiten[block].reshape(-1, d)).view(q, -1, d)
-        mahalanobis = (white - t.full_whiten_mean[block]).square().sum(dim=2)
+        mahalanobis = torch.zeros(q, block.stop - block.start, dtype=out.dtype, device=out.device)
+        for first, last, band in bands:
+            height = last - first
+            white = _matmul_nt(
+                queries[:, :last], band[block.start * height : block.stop * height]
+            ).view(q, -1, height)
+            white -= t.full_whiten_mean[block, first:last]
+            mahalanobis += white.square_().sum(dim=2)
         out[:, block] = t.full_const[block] - 0.5 * mahalanobis
     return out
 

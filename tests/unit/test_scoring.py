@@ -100,8 +100,11 @@ def reference_scores(stats: ShardStats, method: str, query, eps: float, tau: flo
     )
 
 
+@pytest.mark.parametrize("band_rows", [64, 3])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_matches_a_model_by_model_float64_reference(method):
+def test_every_method_matches_a_model_by_model_float64_reference(monkeypatch, method, band_rows):
+    # Bands of 3 rows cut L⁻¹ (d = 10) into four, the last one ragged.
+    monkeypatch.setattr("shards.scoring.WHITEN_BAND_ROWS", band_rows)
     stats = random_shard(num_models=15, dim=10, rank=3)
     queries = np.random.default_rng(5).normal(size=(4, 10))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -180,6 +183,7 @@ def test_unknown_method_and_wrong_dim_are_named():
 
 
 def test_blocked_kernels_equal_unblocked(monkeypatch):
+    monkeypatch.setattr("shards.scoring.WHITEN_BAND_ROWS", 5)  # L⁻¹ in bands of 5, 5 and 2
     stats = random_shard(num_models=40, dim=12)
     queries = torch.as_tensor(np.random.default_rng(9).normal(size=(3, 12)), dtype=torch.float32)
     tables = ScoringTables.build(stats, eps=1e-3, tau=0.05)
