@@ -1094,8 +1094,10 @@ def render_markdown(report: BenchReport) -> str:
         "the method. *Fraction* = bound / measured time; 100% is as fast as memory allows. "
         f"For tables over {PAIRED_PROBE_MIN_BYTES // 1024**2} MiB a probe pass precedes every "
         "timed sample and the fraction is the median of the per-sample fractions, so a drift "
-        "in bandwidth between samples does not count as the kernel's. Batch 32 reads the same "
-        "bytes for 32 queries, so its time is compute, not memory.",
+        "in bandwidth between samples does not count as the kernel's (a probe and its sample "
+        "are not simultaneous, so a fraction can pass 100% when the bandwidth recovers between "
+        "them). Batch 32 reads the same bytes for 32 queries, so its time is compute, not "
+        "memory.",
         "- Compute bound: floating-point operations of the method's matrix products per block "
         "/ the rate `_matmul_nt` reaches on a "
         f"({COMPUTE_PROBE_QUERIES}, {DIM}) x ({COMPUTE_PROBE_ROWS}, {DIM}) product whose table "
@@ -1108,9 +1110,11 @@ def render_markdown(report: BenchReport) -> str:
         f"- Per-model loop: each model's statistics scored one at a time in torch, re-deriving "
         "what the formula needs per call as public reference code does (normalising μ; "
         "`torch.distributions.MultivariateNormal` / `LowRankMultivariateNormal` with default "
-        "validation for the densities), then the same top-k. A pass longer than "
-        f"{cfg.loop_budget_s:g} s stops and is extrapolated from the models done (the loop costs "
-        "the same for every model); the models timed are listed.",
+        "validation for the densities), then the same top-k. It runs with torch on one "
+        "thread, its faster setting here (with two, OpenMP's hand-offs on each small product "
+        "made it 1.7-2.6x slower), so the speed-ups are the conservative ones. A pass longer "
+        f"than {cfg.loop_budget_s:g} s stops and is extrapolated from the models done (the "
+        "loop costs the same for every model); the models timed are listed.",
         "- FAISS: `IndexFlatIP` over the same unit means, `search(q / ‖q‖, k)`, same threads "
         "and timing; the ratio is our time / FAISS's (below 1: faster).",
         "",
