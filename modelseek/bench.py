@@ -1111,8 +1111,8 @@ def render_markdown(report: BenchReport) -> str:
         "what the formula needs per call as public reference code does (normalising μ; "
         "`torch.distributions.MultivariateNormal` / `LowRankMultivariateNormal` with default "
         "validation for the densities), then the same top-k. It runs with torch on one "
-        "thread, its faster setting here (with two, OpenMP's hand-offs on each small product "
-        "made it 1.7-2.6x slower), so the speed-ups are the conservative ones. A pass longer "
+        "thread, as the kernels' own torch ops do (on this machine two threads took the loop "
+        "0.8x to 1.6x as long, first moment and Gaussian density at 10K models). A pass longer "
         f"than {cfg.loop_budget_s:g} s stops and is extrapolated from the models done (the "
         "loop costs the same for every model); the models timed are listed.",
         "- FAISS: `IndexFlatIP` over the same unit means, `search(q / ‖q‖, k)`, same threads "
