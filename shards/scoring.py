@@ -349,7 +349,8 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     a block), with the rows shared by `set_scoring_threads` threads (default: torch's count).
     torch's bundled MKL takes generic code paths on AMD CPUs: on the 2-core EPYC it streamed a
     matrix-vector product at 13 GB/s where this reaches 35 GB/s (torch.sum reads at 35-40),
-    and (32, d) products at 60 GFLOPS against 110. OpenBLAS's own worker threads are not used:
+    and its (32, d) products ran no faster than the transposed OpenBLAS products below (about
+    80 GFLOPS per core on cache-resident tables). OpenBLAS's own worker threads are not used:
     they spin between calls and starve torch's OpenMP threads (8 ms lost per call on 2 cores).
     Elsewhere (CUDA, gradients, other dtypes) it is torch's own matmul.
     """
