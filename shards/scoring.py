@@ -415,8 +415,6 @@ def _pin_numpy_blas_to_one_thread() -> None:
 
 
 _executors: dict[int, ThreadPoolExecutor] = {}
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 _executors_lock = threading.Lock()
 
 
@@ -428,6 +426,10 @@ def _blas_executor(workers: int) -> ThreadPoolExecutor:
                 max(1, workers - 1), thread_name_prefix="scoring-blas"
             )
         return _executors[workers]
+
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 def map_in_scoring_threads(work: Callable[[_Item], _Result], items: list[_Item]) -> list[_Result]:
