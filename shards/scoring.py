@@ -4,11 +4,12 @@ Shape letters: `q` queries, `n` models, `d` feature dim, `r` covariance rank, `m
 samples. Every kernel maps a (q, d) query block to a (q, n) score block, higher is better.
 """
 
+import contextlib
 import functools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,9 +29,17 @@ MAX_BLOCK_ELEMENTS = 1 << 23
 # Tables are derived in float64 a chunk of models at a time, each float64 temporary capped at
 # this many elements (32 MB), so building 1M models costs little more than the tables.
 BUILD_BLOCK_ELEMENTS = 1 << 22
-# Rows of a table multiplied by one BLAS call: skinny (q, d) x (d, rows) products run ~1.8x
-# faster in blocks of about 2 MB (about L2) than in one call over a large table (q = 32).
+# Rows of a table multiplied by one OpenBLAS call: skinny (q, d) x (d, rows) products run
+# ~1.8x faster in blocks of about 2 MB (about L2) than in one call over a large table (q = 32).
 MATMUL_BLOCK_ELEMENTS = 1 << 19
+# Rows of a table multiplied by one oneDNN call (8 MB in float32): its per-call set-up is
+# larger than OpenBLAS's, and 32 queries x 1M means ran 1.3x faster in 8 MB blocks than in 2 MB.
+ONEDNN_BLOCK_ELEMENTS = 1 << 21
+# Blocks of at most this many queries are multiplied as one dot-product pass per query over
+# each block of rows, the block still in cache for the passes after the first: at 1M means,
+# 2 queries took 70 ms this way against 110 with oneDNN and 160 with OpenBLAS; past 4 queries
+# oneDNN is faster.
+DOT_PASS_MAX_QUERIES = 4
 # Rows of a table one thread streams per call for a single query (8 MB): small enough that
 # threads share a table's rows evenly when one of them is slowed down, large enough that the
 # calls cost nothing next to the reads.
@@ -345,14 +354,19 @@ def _model_blocks(num_models: int, num_queries: int, width: int) -> list[slice]:
 def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """block @ tableᵀ, (q, w) x (rows, w) -> (q, rows): the product every kernel spends its time in.
 
-    On the CPU it runs through numpy (its dot loop for one query, OpenBLAS single-threaded for
-    a block), with the rows shared by `set_scoring_threads` threads (default: torch's count).
-    torch's bundled MKL takes generic code paths on AMD CPUs: on the 2-core EPYC it streamed a
-    matrix-vector product at 13 GB/s where this reaches 35 GB/s (torch.sum reads at 35-40),
-    and its (32, d) products ran no faster than the transposed OpenBLAS products below (about
-    80 GFLOPS per core on cache-resident tables). OpenBLAS's own worker threads are not used:
-    they spin between calls and starve torch's OpenMP threads (8 ms lost per call on 2 cores).
-    Elsewhere (CUDA, gradients, other dtypes) it is torch's own matmul.
+    On the CPU the table's rows are shared by `set_scoring_threads` threads (default: torch's
+    count), a block of rows per call, each call on one core:
+    - up to DOT_PASS_MAX_QUERIES queries: numpy's dot loop, one pass per query over a block
+      (it streams ~20% faster per core than OpenBLAS's sgemv);
+    - more queries in float32: oneDNN's inner product (torch's `mkldnn._linear_pointwise`),
+      table rows x queries; on the 2-core EPYC it ran 32 queries at 94 GFLOPS per core on
+      cache-resident rows, against 67-84 for OpenBLAS and 72-78 for torch's MKL, which takes
+      generic code paths on AMD CPUs;
+    - otherwise (float64, or a torch without oneDNN): OpenBLAS, table rows x the queries'
+      transpose, at 84 GFLOPS per core against 56 the other way round.
+    No library's own worker threads are used: OpenBLAS's spin between calls and starve
+    torch's OpenMP threads (8 ms lost per call on 2 cores), and fixed shares stall when a VM
+    thread loses its core. Elsewhere (CUDA, gradients, other dtypes) it is torch's matmul.
     """
     if (
         block.device.type != "cpu"
@@ -365,30 +379,44 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     ):
         return block @ table.T
     left, right = block.numpy(), table.numpy()
+    queries = left.shape[0]
     rows, width = right.shape
-    out = np.empty((left.shape[0], rows), dtype=left.dtype)
+    out = np.empty((queries, rows), dtype=left.dtype)
     threads = _scoring_threads or max(1, torch.get_num_threads())
     workers = threads if right.size >= PARALLEL_MATMUL_MIN_ELEMENTS else 1
-    step = max(1, (MATVEC_BLOCK_ELEMENTS if left.shape[0] == 1 else MATMUL_BLOCK_ELEMENTS) // width)
+    use_onednn = (
+        queries > DOT_PASS_MAX_QUERIES and block.dtype == torch.float32 and _onednn_available()
+    )
+    if use_onednn:
+        step_elements = ONEDNN_BLOCK_ELEMENTS
+    elif queries == 1:
+        step_elements = MATVEC_BLOCK_ELEMENTS
+    else:
+        step_elements = MATMUL_BLOCK_ELEMENTS
+    step = max(1, step_elements // width)
     # Threads take blocks from one shared sequence rather than fixed shares: on a shared VM a
     # thread can lose its core for milliseconds, and with fixed shares the product then waits
     # for its share alone (32 queries ran 1.4x faster this way on the busy 2-core machine).
     # Taking the next block is atomic under the GIL; the products release it.
     starts = iter(range(0, rows, step))
-
-    # For a block of queries each thread multiplies table rows by the queries' transpose into
-    # a (rows, q) buffer of its own, then transposes that (cache-hot) buffer into place:
-    # OpenBLAS's AVX-512 kernels ran (rows, d) x (d, q) at 84 GFLOPS per core on the EPYC
-    # against 56 for (q, d) x (d, rows), and 2-3x faster still for q = 2 to 8.
     left_t = np.ascontiguousarray(left.T)
+    weights = block.contiguous()
 
     def multiply() -> None:
-        turned = np.empty((step, left.shape[0]), dtype=left.dtype) if left.shape[0] > 1 else None
+        if use_onednn:
+            with _one_openmp_thread():
+                for start in starts:
+                    cols = slice(start, min(start + step, rows))
+                    out[:, cols] = _onednn_rows_by_queries(table[cols], weights).numpy().T
+            return
+        # OpenBLAS writes a (rows, q) block into a buffer of this thread's, transposed into
+        # place while cache-hot.
+        turned = None if queries <= DOT_PASS_MAX_QUERIES else np.empty((step, queries), left.dtype)
         for start in starts:
             cols = slice(start, min(start + step, rows))
             if turned is None:
-                # numpy's own dot loop streams ~20% faster per core than OpenBLAS's sgemv.
-                np.vecdot(right[cols], left[0], out=out[0, cols])
+                for i in range(queries):
+                    np.vecdot(right[cols], left[i], out=out[i, cols])
             else:
                 part = turned[: cols.stop - cols.start]
                 np.matmul(right[cols], left_t, out=part)
@@ -401,6 +429,51 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     for done in others:
         done.result()
     return torch.from_numpy(out)
+
+
+def _onednn_rows_by_queries(rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """rows @ queriesᵀ, (n, w) x (q, w) -> (n, q), by oneDNN in float32 (no reduced precision)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, queries, None, "none", [], "")
+
+
+@functools.cache
+def _onednn_available() -> bool:
+    """Whether torch's oneDNN inner product runs here and gives numpy's answer on a small case."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    rows = torch.arange(24, dtype=torch.float32).view(6, 4)
+    queries = torch.linspace(-1, 1, 20, dtype=torch.float32).view(5, 4)
+    try:
+        got = _onednn_rows_by_queries(rows, queries)
+    except (AttributeError, RuntimeError) as err:
+        logger.info("oneDNN products unavailable (%s); using OpenBLAS", err)
+        return False
+    expected = rows.numpy().astype(np.float64) @ queries.numpy().astype(np.float64).T
+    return bool(np.allclose(got.numpy(), expected, rtol=1e-6, atol=1e-5))
+
+
+@functools.cache
+def _openmp_runtimes() -> tuple:
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(c for c in ThreadpoolController().lib_controllers if c.user_api == "openmp")
+
+
+@contextlib.contextmanager
+def _one_openmp_thread() -> Iterator[None]:
+    """The calling thread's OpenMP regions (oneDNN's) run on that thread alone, then as before.
+
+    OpenMP's thread count is a per-thread setting: this changes no other thread's.
+    """
+    runtimes = _openmp_runtimes()
+    before = [runtime.get_num_threads() for runtime in runtimes]
+    for runtime in runtimes:
+        runtime.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for runtime, count in zip(runtimes, before, strict=True):
+            runtime.set_num_threads(count)
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from shards import scoring
 from shards.moments import lowrank_covariance
 from shards.scoring import (
     METHODS,
@@ -209,6 +210,46 @@ def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch
         set_scoring_threads(None)
     with pytest.raises(ValueError, match="threads must be >= 1 or None, got 0"):
         set_scoring_threads(0)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("num_queries", [1, 3, 4, 5, 33])
+def test_float32_products_by_each_library_equal_a_float64_product(monkeypatch, onednn, num_queries):
+    if onednn and not scoring._onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    rng = np.random.default_rng(5)
+    table = torch.as_tensor(rng.normal(size=(1001, 48)), dtype=torch.float32)
+    wide = torch.as_tensor(rng.normal(size=(num_queries, 64)), dtype=torch.float32)
+    block = wide[:, :48]  # a column slice, as the banded whitening passes
+    # Blocks of 7 (one query), 10 (OpenBLAS, dot passes) and 13 rows (oneDNN), over two
+    # threads, with ragged last blocks; the OpenMP setting of this thread is left as it was.
+    monkeypatch.setattr("shards.scoring.MATVEC_BLOCK_ELEMENTS", 48 * 7)
+    monkeypatch.setattr("shards.scoring.MATMUL_BLOCK_ELEMENTS", 48 * 10)
+    monkeypatch.setattr("shards.scoring.ONEDNN_BLOCK_ELEMENTS", 48 * 13)
+    monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr("shards.scoring._onednn_available", lambda: onednn)
+    onednn_rows = []
+    product = scoring._onednn_rows_by_queries
+
+    def counted(rows, queries):
+        onednn_rows.append(len(rows))
+        return product(rows, queries)
+
+    monkeypatch.setattr("shards.scoring._onednn_rows_by_queries", counted)
+    threads_before = torch.get_num_threads()
+    set_scoring_threads(2)
+    try:
+        got = _matmul_nt(block, table)
+    finally:
+        set_scoring_threads(None)
+    expected = block.double() @ table.double().T
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert got.dtype == torch.float32
+    assert torch.get_num_threads() == threads_before
+    # oneDNN multiplies exactly the blocks of more than DOT_PASS_MAX_QUERIES queries.
+    expect_onednn = onednn and num_queries > scoring.DOT_PASS_MAX_QUERIES
+    assert sum(onednn_rows) == (1001 if expect_onednn else 0)
+    assert max(onednn_rows, default=13) <= 13
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
