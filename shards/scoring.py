@@ -608,15 +608,26 @@ def score_gaussian_density_full(t: ScoringTables, queries: torch.Tensor) -> torc
 
 def score_monte_carlo(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
     """log mean_j exp(x_j · q̃ / τ) over each model's stored sample features x_j."""
-    unit = _unit(queries)
-    q, d = unit.shape
+    scaled = _unit(queries) / t.tau  # the products are then the logits themselves
+    q, d = scaled.shape
     m = t.reservoir.shape[1]
-    out = torch.empty(q, t.num_models, dtype=unit.dtype, device=unit.device)
+    out = torch.empty(q, t.num_models, dtype=scaled.dtype, device=scaled.device)
     for block in _model_blocks(t.num_models, q, m):
-        logits = _matmul_nt(unit, t.reservoir[block].reshape(-1, d)).view(q, -1, m) / t.tau
-        logits = logits.masked_fill(~t.reservoir_mask[block], float("-inf"))
-        out[:, block] = torch.logsumexp(logits, dim=2) - t.reservoir_log_count[block]
+        logits = _matmul_nt(scaled, t.reservoir[block].reshape(-1, d)).view(q, -1, m)
+        valid = t.reservoir_mask[block]
+        if not bool(valid.all()):  # reservoirs are full but for models with few samples
+            logits.masked_fill_(~valid, float("-inf"))
+        # One query's log-sum-exp per call, shared by the scoring threads: on one thread
+        # these passes took as long as the products (32 queries x 10K models, m = 128).
+        sums = map_in_scoring_threads(_logsumexp_last, list(logits))
+        out[:, block] = torch.stack(sums) - t.reservoir_log_count[block]
     return out
+
+
+def _logsumexp_last(values: torch.Tensor) -> torch.Tensor:
+    # Inference mode is per thread, and this runs on the scoring threads.
+    with torch.inference_mode():
+        return torch.logsumexp(values, dim=-1)
 
 
 def _require_full(tensor: torch.Tensor | None, method: str) -> torch.Tensor:
