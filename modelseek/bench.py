@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from shards.scoring import (
     METHODS,
+    ONEDNN_BLOCK_ELEMENTS,
     TABLES_READ,
     ScoringTables,
     _matmul_nt,
@@ -59,10 +60,12 @@ PROBE_CHUNK_ELEMENTS = 1 << 23
 # bandwidth probe pass before every timed sample, and their fraction of the bound is the
 # median of the per-sample fractions: the VM's bandwidth drifts by ±40% within a case.
 PAIRED_PROBE_MIN_BYTES = 64 * 1024**2
-# The product rate is measured on (COMPUTE_PROBE_QUERIES, d) x (COMPUTE_PROBE_ROWS, d): a
-# query block against a table that stays in the last-level cache, so memory does not limit it.
+# The product rate is measured on (COMPUTE_PROBE_QUERIES, d) x (COMPUTE_PROBE_ROWS_PER_THREAD
+# x scoring threads, d): a query block against a table that stays in the last-level cache, so
+# memory does not limit it, with a block of rows for every scoring thread (a single block
+# would time one core: 84 against 151 GFLOPS on the 2-core EPYC).
 COMPUTE_PROBE_QUERIES = 32
-COMPUTE_PROBE_ROWS = 4096
+COMPUTE_PROBE_ROWS_PER_THREAD = ONEDNN_BLOCK_ELEMENTS // DIM
 # A timed sample repeats a fast call until it lasts this long, so timer resolution and
 # one-off hiccups do not dominate sub-millisecond cases.
 MIN_SAMPLE_S = 0.05
@@ -86,7 +89,7 @@ STATISTICS_READ = {
     "monte_carlo": ("means", "reservoir"),
 }
 # Tables that share memory with the statistics they come from (no copy in float32 on the CPU).
-SHARED_TABLES = {"means": "means", "reservoir": "reservoir", "full_cov": "covs"}
+SHARED_TABLES = {"means": "means", "reservoir": "reservoir"}
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,7 @@ def table_elements(n: int, rank: int, reservoir: int) -> dict[str, int]:
         "reservoir": n * reservoir * d,
         "reservoir_log_count": n,
         "reservoir_mask": n * reservoir,
-        "full_cov": n * d * d,
+        "full_second": n * d * (d + 1) // 2,
         "full_whiten": n * packed_whiten_elements(d),
         "full_whiten_mean": n * d,
         "full_const": n,
@@ -388,8 +391,8 @@ def table_elements(n: int, rank: int, reservoir: int) -> dict[str, int]:
 def memory_needed(method: str, n: int, cfg: BenchConfig) -> int:
     """Bytes of memory `method` needs at n models: statistics, tables, FAISS, score blocks.
 
-    Full covariances are counted once, as the mapped table of first_second_moment_full; the
-    whitening build streams them from their file.
+    Full covariances are not counted: they stay in their mapped file, from which both full
+    methods' tables are built a chunk of models at a time.
     """
     d, r, m = DIM, cfg.rank, cfg.reservoir
     statistics_bytes = {
@@ -528,18 +531,20 @@ class BandwidthProbe:
 def measure_product_rate(repeats: int = 7) -> float:
     """Floating-point operations per second of the kernels' product on cache-resident data.
 
-    `_matmul_nt` of a (COMPUTE_PROBE_QUERIES, d) block against a (COMPUTE_PROBE_ROWS, d)
-    table: what the products reach when memory does not hold them back, the compute side of
+    `_matmul_nt` of a (COMPUTE_PROBE_QUERIES, d) block against a table of
+    COMPUTE_PROBE_ROWS_PER_THREAD rows per scoring thread: what the products reach on all
+    threads when memory does not hold them back, the compute side of
     the bounds (a kernel whose products need F operations takes at least F / rate). The
     fastest of `repeats` samples: the VM's neighbours slow it for seconds at a time, and a
     bound must hold at the machine's best.
     """
     generator = torch.Generator().manual_seed(0)
     block = torch.randn(COMPUTE_PROBE_QUERIES, DIM, generator=generator)
-    table = torch.randn(COMPUTE_PROBE_ROWS, DIM, generator=generator)
+    threads = get_scoring_threads() or torch.get_num_threads()
+    table = torch.randn(COMPUTE_PROBE_ROWS_PER_THREAD * threads, DIM, generator=generator)
     with torch.inference_mode():
         samples = sample_seconds(lambda: _matmul_nt(block, table), repeats, budget_s=1.0)
-    return 2 * COMPUTE_PROBE_QUERIES * COMPUTE_PROBE_ROWS * DIM / min(samples)
+    return 2 * COMPUTE_PROBE_QUERIES * table.shape[0] * DIM / min(samples)
 
 
 def product_flops(method: str, n: int, cfg: BenchConfig, batch: int) -> float:
@@ -548,7 +553,7 @@ def product_flops(method: str, n: int, cfg: BenchConfig, batch: int) -> float:
     per_query = {
         "first_moment": n * d,
         "first_second_moment": n * d + n * r * d,
-        "first_second_moment_full": n * d + n * d * d,
+        "first_second_moment_full": n * d + n * d * (d + 1) // 2,
         "gaussian_density": n * d + n * r * d,
         "gaussian_density_full": n * packed_whiten_elements(d),
         "monte_carlo": n * m * d,
@@ -1102,8 +1107,9 @@ def render_markdown(report: BenchReport) -> str:
         "memory.",
         "- Compute bound: floating-point operations of the method's matrix products per block "
         "/ the rate `_matmul_nt` reaches on a "
-        f"({COMPUTE_PROBE_QUERIES}, {DIM}) x ({COMPUTE_PROBE_ROWS}, {DIM}) product whose table "
-        "stays in cache, the fastest of 7 samples taken before each method (shown as GFLOPS).",
+        f"({COMPUTE_PROBE_QUERIES}, {DIM}) x ({COMPUTE_PROBE_ROWS_PER_THREAD} x threads, {DIM}) "
+        "product whose table stays in cache, on every scoring thread, the fastest of 7 samples "
+        "taken before each method (shown as GFLOPS).",
         "- Memory: *tables GB* is the bytes the method reads; *peak extra GB* the RSS high-water "
         "while timing above the RSS before it (the scoring temporaries; `/proc/self/clear_refs` "
         "resets the mark); *process RSS GB* the process's RSS high-water from the previous case "

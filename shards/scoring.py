@@ -78,7 +78,7 @@ def get_scoring_threads() -> int | None:
 TABLES_READ: dict[str, tuple[str, ...]] = {
     "first_moment": ("means_unit",),
     "first_second_moment": ("means", "second_proj", "residuals"),
-    "first_second_moment_full": ("means", "full_cov"),
+    "first_second_moment_full": ("means", "full_second"),
     "gaussian_density": (
         "means",
         "means_sqnorm",
@@ -90,7 +90,7 @@ TABLES_READ: dict[str, tuple[str, ...]] = {
     "gaussian_density_full": ("full_whiten", "full_whiten_mean", "full_const"),
     "monte_carlo": ("reservoir", "reservoir_log_count", "reservoir_mask"),
 }
-_FULL_TABLES = ("full_cov", "full_whiten", "full_whiten_mean", "full_const")
+_FULL_TABLES = ("full_second", "full_whiten", "full_whiten_mean", "full_const")
 
 
 def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -109,8 +109,13 @@ class ScoringTables:
     `gauss_proj` stores the rows of V scaled by sqrt(λ / (λ + s)), so the Mahalanobis term is
     (‖z − μ‖² − ‖U z − U μ‖²) / s, two matrix products for all models at once.
 
-    `means`, `full_cov` and `reservoir` may share memory with the statistics they came from
-    (no copy when the dtype and device already match); nothing writes to either.
+    The full second-moment term q̃ᵀΣq̃ = Σᵢ Σᵢᵢ q̃ᵢ² + 2 Σᵢ<ⱼ Σᵢⱼ q̃ᵢ q̃ⱼ needs Σ's upper triangle
+    only: `full_second` holds it with the off-diagonal entries doubled (`_upper_triangle`), and
+    the query side is the matching entries of q̃q̃ᵀ, so one product over d(d + 1)/2 columns
+    gives the term: half the bytes and operations of Σq̃ followed by a dot product.
+
+    `means` and `reservoir` may share memory with the statistics they came from (no copy when
+    the dtype and device already match); nothing writes to either.
     """
 
     num_models: int
@@ -129,7 +134,7 @@ class ScoringTables:
     reservoir: torch.Tensor  # (n, m, d)
     reservoir_log_count: torch.Tensor  # (n,) log of the valid rows, −inf where there are none
     reservoir_mask: torch.Tensor  # (n, m) bool, True on valid rows
-    full_cov: torch.Tensor | None  # (n, d, d) Σ
+    full_second: torch.Tensor | None  # (n, d(d + 1)/2) Σ's upper triangle, off-diagonal x 2
     full_whiten: torch.Tensor | None  # L⁻¹ with L Lᵀ = Σ + εI, in bands (`whiten_bands`)
     full_whiten_mean: torch.Tensor | None  # (n, d) L⁻¹ μ
     full_const: torch.Tensor | None  # (n,) −½ (d log 2π + log|Σ + εI|)
@@ -225,7 +230,7 @@ def _derive_tables(
         )
         if "reservoir_mask" in wanted
         else empty((0,), "reservoir_mask", torch.bool),
-        full_cov=direct("full_cov", lambda: stats.covs) if keep_full else None,
+        full_second=empty((n, d * (d + 1) // 2), "full_second") if keep_full else None,
         full_whiten=empty((n * packed_whiten_elements(d),), "full_whiten") if keep_full else None,
         full_whiten_mean=empty((n, d), "full_whiten_mean") if keep_full else None,
         full_const=empty((n,), "full_const") if keep_full else None,
@@ -253,7 +258,6 @@ _DIRECT_TABLES = (
     "reservoir",
     "reservoir_log_count",
     "reservoir_mask",
-    "full_cov",
 )
 
 
@@ -293,9 +297,18 @@ def _fill_full_chunk(
     names: set[str],
     tables: dict[str, torch.Tensor | None],
 ) -> None:
-    """Write the whitening tables of models `rows`: Cholesky and triangular inverse in float64."""
+    """Write the full-covariance tables of models `rows`, computed in float64.
+
+    Σ's weighted upper triangle, and the whitening: Cholesky and triangular inverse.
+    """
     d = stats.dim
     covs = torch.from_numpy(stats.covs[rows].astype(np.float64))
+    if "full_second" in names:
+        upper, weights = _upper_triangle(d)
+        both = (covs + covs.transpose(1, 2)).view(covs.shape[0], d * d)
+        tables["full_second"][rows] = both[:, upper] * weights
+    if not names & {"full_whiten", "full_whiten_mean", "full_const"}:
+        return
     # torch's batched Cholesky and triangular solve rather than numpy's: numpy's OpenBLAS
     # LAPACK ran 10x slower with two threads on the busy 2-core machine, and a triangular
     # solve is half the work of a general inverse.
@@ -555,17 +568,26 @@ def score_first_second_moment(t: ScoringTables, queries: torch.Tensor) -> torch.
 
 
 def score_first_second_moment_full(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:
-    """As `score_first_second_moment` with the full covariance."""
-    cov = _require_full(t.full_cov, "first_second_moment_full")
+    """As `score_first_second_moment` with the full covariance, from its upper triangle."""
+    second = _require_full(t.full_second, "first_second_moment_full")
     unit = _unit(queries)
-    q, d = unit.shape
+    upper, _ = _upper_triangle(t.dim)
+    outer = unit[:, :, None] * unit[:, None, :]  # q̃q̃ᵀ, whose upper triangle meets Σ's
     out = _matmul_nt(unit, t.means) / t.tau
-    for block in _model_blocks(t.num_models, q, d):
-        # Σq̃ for every model of the block at once; q̃ᵀΣq̃ is then a row-wise dot product.
-        turned = _matmul_nt(unit, cov[block].reshape(-1, d)).view(q, -1, d)
-        quad = (turned * unit[:, None, :]).sum(dim=2)
-        out[:, block] += quad / (2 * t.tau**2)
+    out += _matmul_nt(outer.view(len(unit), -1)[:, upper.to(unit.device)], second) / (2 * t.tau**2)
     return out
+
+
+@functools.cache
+def _upper_triangle(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions of a (dim, dim) matrix's upper triangle (row by row), and weights.
+
+    The upper triangle of Σ + Σᵀ, weighted ½ on the diagonal and 1 off it, dotted with that of
+    q̃q̃ᵀ is q̃ᵀΣq̃ (for any Σ; a covariance's off-diagonal entries are then simply doubled).
+    """
+    rows, cols = np.triu_indices(dim)
+    weights = np.where(rows == cols, 0.5, 1.0)
+    return torch.from_numpy(rows * dim + cols), torch.from_numpy(weights)
 
 
 def score_gaussian_density(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,8 @@ def test_bytes_read_are_the_tables_each_method_streams(tiny_report):
     expected = {
         "first_moment": n * d * 4,
         "first_second_moment": (n * d + n * r * d + n) * 4,
-        "first_second_moment_full": (n * d + n * d * d) * 4,
+        # Σ's upper triangle: d(d + 1)/2 of its d² entries.
+        "first_second_moment_full": (n * d + n * d * (d + 1) // 2) * 4,
         "gaussian_density": (n * d + n + n * r * d + n * r + 2 * n) * 4,
         # L⁻¹ kept in bands of 64 rows, each up to its last diagonal: 147,456 of 512².
         "gaussian_density_full": (n * 147_456 + n * d + n) * 4,
