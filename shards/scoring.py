@@ -698,8 +698,9 @@ def score(tables: ScoringTables, method: str, queries: torch.Tensor) -> torch.Te
         raise ValueError(f"queries must be (q, {tables.dim}), got {tuple(queries.shape)}")
     with torch.inference_mode():
         scores = kernel(tables, queries.to(tables.means.dtype))
-        # A finite sum proves there is nothing to clean, reading the block once where
-        # nan_to_num_ reads and writes it. Kernels return fresh tensors, cleaned in place.
+        # A finite sum proves there is nothing to clean, reading the block once where the
+        # fill reads and writes it. Kernels return fresh tensors, cleaned in place. (Not
+        # nan_to_num_, which also turns ±inf into the largest finite floats.)
         if not torch.isfinite(scores.sum()):
-            scores.nan_to_num_(nan=float("-inf"))
+            scores.masked_fill_(scores.isnan(), float("-inf"))
         return scores

@@ -14,8 +14,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Rows at least this long are searched block-wise by `_topk`.
-TOPK_BLOCKED_MIN_MODELS = 1 << 16
+# `_topk` searches block-wise the rows at least TOPK_BLOCKED_MIN_MODELS long in a block of
+# at least TOPK_BLOCKED_MIN_SCORES scores, in blocks of a multiple of TOPK_BLOCK_ALIGN scores
+# (a maximum over 316 floats ran at a quarter of the speed of one over 320).
+TOPK_BLOCKED_MIN_MODELS = 1 << 13
+TOPK_BLOCKED_MIN_SCORES = 1 << 16
+TOPK_BLOCK_ALIGN = 64
 # `logsumexp_scaled` works through a row this many elements at a time, so its temporary
 # stays in L2.
 LOGSUMEXP_CHUNK_ELEMENTS = 1 << 15
@@ -48,18 +52,18 @@ def topk_rows(scores: torch.Tensor, k: int, allowed: torch.Tensor | None = None)
 
     # torch.topk breaks ties arbitrarily, so every row tied with the k-th value is a candidate
     # and the (few) candidates are ordered by (−score, row) exactly. One value past the k-th
-    # tells whether there can be ties outside the top k; only then is the row scanned.
+    # tells whether there can be ties outside the top k; only then is the row scanned. The
+    # other rows are ordered together: a Python step per row cost 7 µs, more than the whole
+    # selection of 32 rows of 133 scores.
     probe = _topk(scores, min(k_eff + 1, scores.shape[1]))
     values = probe.values.double().cpu().numpy()
     indices = probe.indices.cpu().numpy()
-    results = []
-    for i, row_scores in enumerate(scores):
-        if _top_k_is_closed(values[i], k_eff):
-            rows, row_values = indices[i, :k_eff], values[i, :k_eff]
-        else:
-            rows, row_values = _tied_candidates(row_scores, probe.values[i, k_eff - 1])
-        order = np.lexsort((rows, -row_values))[:k_eff]
-        results.append(rows[order].tolist())
+    rows, row_values = indices[:, :k_eff], values[:, :k_eff]
+    order = np.lexsort((rows, -row_values), axis=-1)
+    results = np.take_along_axis(rows, order, axis=1).tolist()
+    for i in np.flatnonzero(~_top_k_is_closed(values, k_eff)):
+        rows, row_values = _tied_candidates(scores[i], k_eff)
+        results[i] = rows[np.lexsort((rows, -row_values))[:k_eff]].tolist()
     return results
 
 
@@ -72,10 +76,10 @@ def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     least k elements above its maximum. Only those few blocks go through torch.topk.
     """
     q, n = scores.shape
-    width = math.isqrt(n)
-    if n < TOPK_BLOCKED_MIN_MODELS or width <= k:
-        return torch.topk(scores, k, dim=1)
+    width = -(-math.isqrt(n) // TOPK_BLOCK_ALIGN) * TOPK_BLOCK_ALIGN
     blocks = n // width
+    if n < TOPK_BLOCKED_MIN_MODELS or q * n < TOPK_BLOCKED_MIN_SCORES or blocks <= k:
+        return torch.topk(scores, k, dim=1)
     body = scores[:, : blocks * width].reshape(q, blocks, width)
     best = torch.topk(body.amax(dim=2), k, dim=1).indices
     offsets = torch.arange(width, device=scores.device)
@@ -86,22 +90,31 @@ def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.return_types.topk((top.values, torch.gather(cols, 1, top.indices)))
 
 
-def _top_k_is_closed(probe_values: np.ndarray, k: int) -> bool:
-    """Whether the k best values of a row are exactly its candidates.
+def _top_k_is_closed(probe_values: np.ndarray, k: int) -> np.ndarray:
+    """Per row of (q, k + 1) probe values: whether its k best values are exactly its candidates.
 
     True when the value after the k-th is strictly smaller (no row outside can tie) and the
     k-th is above −inf; NaN, which torch.topk ranks first and a scan would skip, is left to
-    the scan.
+    the scan, as is a row with no value past the k-th.
     """
-    if len(probe_values) <= k or np.isnan(probe_values[0]):
-        return False
-    return probe_values[k] < probe_values[k - 1] and probe_values[k - 1] > float("-inf")
+    if probe_values.shape[1] <= k:
+        return np.zeros(len(probe_values), dtype=bool)
+    return (
+        (probe_values[:, k] < probe_values[:, k - 1])
+        & (probe_values[:, k - 1] > float("-inf"))
+        & ~np.isnan(probe_values[:, 0])
+    )
 
 
-def _tied_candidates(row_scores: torch.Tensor, threshold: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """Rows scoring at least `threshold` (and above −inf), with their scores in float64."""
-    candidates = torch.nonzero((row_scores >= threshold) & (row_scores > float("-inf"))).flatten()
-    return candidates.cpu().numpy(), row_scores[candidates].double().cpu().numpy()
+def _tied_candidates(row_scores: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
+    """Rows scoring at least the k-th best finite score of the row, with their scores in float64.
+
+    NaN counts as −inf here, so it neither takes a place nor lowers the threshold.
+    """
+    finite = row_scores.masked_fill(row_scores.isnan(), float("-inf"))
+    threshold = torch.topk(finite, k).values[-1]
+    candidates = torch.nonzero((finite >= threshold) & (finite > float("-inf"))).flatten()
+    return candidates.cpu().numpy(), finite[candidates].double().cpu().numpy()
 
 
 def logsumexp_scaled(scores: torch.Tensor, temperature: float) -> float:

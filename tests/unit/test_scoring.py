@@ -1,5 +1,7 @@
 """Scoring kernels against the golden float64 oracle, model-by-model references and Monte-Carlo."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from shards.scoring import (
     set_scoring_threads,
 )
 from shards.stats import ShardStats
+from shards.topk import topk_rows
 from tests.unit.shard_fixtures import random_shard
 
 GOLDEN_KEYS = {
@@ -173,6 +176,26 @@ def test_full_methods_refuse_an_index_without_full_covariances():
     tables = ScoringTables.build(random_shard(keep_full=False), eps=1e-3, tau=0.01)
     with pytest.raises(ValueError, match="full covariances"):
         score(tables, "gaussian_density_full", torch.zeros(1, 12))
+
+
+def test_models_that_cannot_score_get_minus_infinity_and_are_never_returned():
+    """A model without reservoir samples scores −inf; a degenerate (NaN) mean turns to −inf."""
+    stats = random_shard()
+    means = stats.means.copy()
+    means[3] = np.nan
+    counts = stats.reservoir_counts.copy()
+    counts[5] = 0
+    stats = dataclasses.replace(stats, means=means, reservoir_counts=counts)
+    tables = ScoringTables.build(stats, eps=1e-3, tau=0.01)
+    queries = torch.as_tensor(np.random.default_rng(0).normal(size=(2, 12)), dtype=torch.float32)
+
+    for method, dead in (("first_moment", 3), ("monte_carlo", 5)):
+        scores = score(tables, method, queries)
+        assert torch.all(scores[:, dead] == float("-inf")), method
+        others = np.delete(scores.numpy(), dead, axis=1)
+        assert np.isfinite(others).all(), method
+        for rows in topk_rows(scores, k=stats.num_models):
+            assert dead not in rows and len(rows) == stats.num_models - 1, method
 
 
 def test_unknown_method_and_wrong_dim_are_named():

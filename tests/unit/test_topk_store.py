@@ -45,6 +45,28 @@ def test_topk_breaks_ties_by_model_id_and_skips_minus_infinity():
     assert topk_rows(scores, 10) == [[1, 2, 4, 0, 5]]
 
 
+@pytest.mark.parametrize(("queries", "n"), [(3, 133), (32, 10_000), (2, 100_003)])
+def test_topk_rows_of_a_block_equal_a_sort_of_each_row(queries, n):
+    """Rows with and without ties at the k-th place, NaN, −inf and short rows in one block.
+
+    The larger blocks take the block-wise selection, whose candidates must still be exact.
+    """
+    rng = np.random.default_rng(n)
+    # Scores on a coarse grid tie often; a few rows are kept distinct.
+    scores = np.round(rng.normal(size=(queries, n)) * 4) / 4
+    scores[0] = rng.permutation(n)
+    scores[1, ::2] = float("-inf")
+    scores[1, 7] = float("nan")
+    scores[-1, : n - 5] = float("-inf")
+    k = 10
+    got = topk_rows(torch.as_tensor(scores, dtype=torch.float32), k)
+
+    for row, ranked in zip(scores.astype(np.float32), got, strict=True):
+        valid = np.flatnonzero(np.isfinite(row))
+        expected = valid[np.lexsort((valid, -row[valid]))][:k]
+        assert ranked == expected.tolist()
+
+
 def test_topk_with_mask_returns_k_allowed_models():
     scores = torch.arange(10, dtype=torch.float32)[None]
     allowed = torch.tensor([i % 2 == 0 for i in range(10)])
