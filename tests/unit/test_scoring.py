@@ -120,6 +120,32 @@ def test_every_method_matches_a_model_by_model_float64_reference(monkeypatch, me
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(not scoring._onednn_available(), reason="torch without oneDNN")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_full_gaussian_density_in_float32_matches_the_float64_reference(monkeypatch, threads):
+    """More than 4 queries take the fused path: ragged bands and ragged model chunks."""
+    monkeypatch.setattr("shards.scoring.WHITEN_BAND_ROWS", 3)
+    monkeypatch.setattr("shards.scoring.FUSED_WHITEN_MODELS", 4)
+    fused_calls = []
+    fused = scoring._gaussian_density_full_fused
+    monkeypatch.setattr(
+        "shards.scoring._gaussian_density_full_fused",
+        lambda *args: fused_calls.append(1) or fused(*args),
+    )
+    monkeypatch.setattr("shards.scoring._scoring_threads", threads)
+    stats = random_shard(num_models=15, dim=10, rank=3)
+    queries = np.random.default_rng(6).normal(size=(7, 10))
+    tables = ScoringTables.build(stats, eps=1e-3, tau=0.05)
+
+    got = score(tables, "gaussian_density_full", torch.as_tensor(queries, dtype=torch.float32))
+
+    assert fused_calls
+    expected = np.stack(
+        [reference_scores(stats, "gaussian_density_full", q, 1e-3, 0.05) for q in queries]
+    )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_first_second_moment_is_the_log_expectation_it_approximates():
     """Compare with a Monte-Carlo estimate of log E[exp(hᵀq̃/τ)] for h ~ N(μ, Σ).
 
