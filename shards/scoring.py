@@ -47,6 +47,9 @@ MATVEC_BLOCK_ELEMENTS = 1 << 21
 # Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
 # work to other threads costs more than it saves.
 PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+# Tables smaller than this (1 MB in float32) go to torch's own matmul: the blocked paths'
+# set-up cost more than their products (133 x 512 means, 32 queries: 150 against 78 µs).
+SMALL_TABLE_ELEMENTS = 1 << 18
 # L⁻¹ is lower triangular: its rows are stored in bands of this many, each band only up to
 # its last row's diagonal, which keeps 56% of the d x d entries at d = 512 (the products and
 # the bytes read shrink alike) while each band is still one wide product.
@@ -382,7 +385,8 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
       transpose, at 84 GFLOPS per core against 56 the other way round.
     No library's own worker threads are used: OpenBLAS's spin between calls and starve
     torch's OpenMP threads (8 ms lost per call on 2 cores), and fixed shares stall when a VM
-    thread loses its core. Elsewhere (CUDA, gradients, other dtypes) it is torch's matmul.
+    thread loses its core. Elsewhere (small tables, CUDA, gradients, other dtypes) it is torch's
+    matmul.
     """
     if (
         block.device.type != "cpu"
@@ -392,6 +396,7 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         or table.shape[0] == 0
         or block.requires_grad
         or table.requires_grad
+        or table.numel() < SMALL_TABLE_ELEMENTS
     ):
         return block @ table.T
     left, right = block.numpy(), table.numpy()

@@ -252,6 +252,7 @@ def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch
     monkeypatch.setattr("shards.scoring.MATVEC_BLOCK_ELEMENTS", 16 * 7)
     monkeypatch.setattr("shards.scoring.MATMUL_BLOCK_ELEMENTS", 16 * 10)
     monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr("shards.scoring.SMALL_TABLE_ELEMENTS", 1)
     set_scoring_threads(2)
     try:
         torch.testing.assert_close(_matmul_nt(block, table), block @ table.T)
@@ -276,6 +277,7 @@ def test_float32_products_by_each_library_equal_a_float64_product(monkeypatch, o
     monkeypatch.setattr("shards.scoring.MATMUL_BLOCK_ELEMENTS", 48 * 10)
     monkeypatch.setattr("shards.scoring.ONEDNN_BLOCK_ELEMENTS", 48 * 13)
     monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr("shards.scoring.SMALL_TABLE_ELEMENTS", 1)
     monkeypatch.setattr("shards.scoring._onednn_available", lambda: onednn)
     onednn_rows = []
     product = scoring._onednn_rows_by_queries
