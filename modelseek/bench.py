@@ -35,6 +35,7 @@ from shards.scoring import (
     TABLES_READ,
     ScoringTables,
     _matmul_nt,
+    _pin_numpy_blas_to_one_thread,
     get_scoring_threads,
     map_in_scoring_threads,
     packed_whiten_elements,
@@ -54,7 +55,7 @@ COV_NOISE = 0.1
 SIMULATE_BLOCK_ELEMENTS = 1 << 24
 # Passes of the bandwidth probe before each method.
 BANDWIDTH_PROBE_REPEATS = 3
-# The bandwidth probe's array is summed in chunks of this many float32 (32 MiB).
+# The bandwidth probe's array is read in chunks of this many float32 (32 MiB).
 PROBE_CHUNK_ELEMENTS = 1 << 23
 # Cases whose tables are at least this large (well past the last-level cache) take a
 # bandwidth probe pass before every timed sample, and their fraction of the bound is the
@@ -502,17 +503,22 @@ def median_seconds(
 
 
 class BandwidthProbe:
-    """Memory read bandwidth: a float32 array held for the whole run, summed by the threads.
+    """Memory read bandwidth: a float32 array held for the whole run, read by the threads.
 
     The kernels' threads (`set_scoring_threads`) share its 32 MiB chunks, as they share a
-    table's blocks, and numpy sums each (torch.sum would wake OpenMP threads whose spinning
-    afterwards slows the next timed products). The run measures it at the start, before
-    every method, before every sample of a large case and at the end: the machine is a VM
-    whose speed drifts with its neighbours. The array adds `num_bytes` to the run's memory.
+    table's blocks, and each chunk is dotted with itself by numpy's BLAS on one core (every
+    byte read once). That was the fastest read measured: numpy's pairwise sum ran at 42 GB/s
+    where the dot and the kernels' matrix-vector passes read 55, so a probe by sums put
+    kernels above 100% of their "bound"; torch's reductions would wake OpenMP threads whose
+    spinning afterwards slows the next timed products. The run measures it at the start,
+    before every method, before every sample of a large case and at the end: the machine
+    is a VM whose speed drifts with its neighbours. The array adds `num_bytes` to the run's
+    memory.
     """
 
     def __init__(self, num_bytes: int) -> None:
         self.num_bytes = num_bytes
+        _pin_numpy_blas_to_one_thread()
         values = np.ones(num_bytes // 4, dtype=np.float32)
         step = PROBE_CHUNK_ELEMENTS
         self._chunks = [values[i : i + step] for i in range(0, values.size, step)]
@@ -523,9 +529,13 @@ class BandwidthProbe:
         samples = []
         for _ in range(repeats):
             started = time.perf_counter()
-            map_in_scoring_threads(np.sum, self._chunks)
+            map_in_scoring_threads(_self_dot, self._chunks)
             samples.append(self.num_bytes / (time.perf_counter() - started))
         return samples
+
+
+def _self_dot(chunk: np.ndarray) -> float:
+    return float(np.dot(chunk, chunk))
 
 
 def measure_product_rate(repeats: int = 7) -> float:
@@ -1071,10 +1081,11 @@ def render_markdown(report: BenchReport) -> str:
         "",
         f"Memory read bandwidth: **{bandwidth / 1e9:.1f} GB/s** (median of "
         f"{len(report.bandwidth_samples)} passes over a "
-        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 array, its 32 MiB chunks summed by the "
-        f"{cfg.threads} threads that run the products: 7 at the start and the end of "
-        f"the run, {BANDWIDTH_PROBE_REPEATS} before every method, one before every timed sample "
-        f"of a case whose tables exceed {PAIRED_PROBE_MIN_BYTES // 1024**2} MiB; range "
+        f"{cfg.bandwidth_bytes / 1024**3:g} GiB float32 array, its 32 MiB chunks each "
+        f"dotted with itself by BLAS on the {cfg.threads} threads that run the products: 7 at "
+        f"the start and the end of the run, {BANDWIDTH_PROBE_REPEATS} before every method, "
+        "one before every timed sample of a case whose tables exceed "
+        f"{PAIRED_PROBE_MIN_BYTES // 1024**2} MiB; range "
         f"{min(report.bandwidth_samples) / 1e9:.1f}–{max(report.bandwidth_samples) / 1e9:.1f} "
         "GB/s: the VM's speed drifts with its neighbours, so each case's bound uses the "
         "bandwidth measured just before it).",
