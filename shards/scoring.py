@@ -47,6 +47,10 @@ MATVEC_BLOCK_ELEMENTS = 1 << 21
 # Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
 # work to other threads costs more than it saves.
 PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+# Rows wider than this, a query row past half the L1 cache, are dotted by torch's matrix-vector
+# product (MKL): numpy's dot loop then reloads the query from L2 for every row, and read a
+# table of 131,328-wide rows at 21 GB/s on 2 cores against MKL's 31 (512-wide rows: 52).
+WIDE_ROW_ELEMENTS = 1 << 13
 # Tables smaller than this (1 MB in float32) go to torch's own matmul: the blocked paths'
 # set-up cost more than their products (133 x 512 means, 32 queries: 150 against 78 µs).
 SMALL_TABLE_ELEMENTS = 1 << 18
@@ -376,7 +380,8 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     On the CPU the table's rows are shared by `set_scoring_threads` threads (default: torch's
     count), a block of rows per call, each call on one core:
     - up to DOT_PASS_MAX_QUERIES queries: numpy's dot loop, one pass per query over a block
-      (it streams ~20% faster per core than OpenBLAS's sgemv);
+      (it streams ~20% faster per core than OpenBLAS's sgemv), or for rows wider than
+      WIDE_ROW_ELEMENTS torch's matrix-vector product;
     - more queries in float32: oneDNN's inner product (torch's `mkldnn._linear_pointwise`),
       table rows x queries; on the 2-core EPYC it ran 32 queries at 94 GFLOPS per core on
       cache-resident rows, against 67-84 for OpenBLAS and 72-78 for torch's MKL, which takes
@@ -420,6 +425,7 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     starts = iter(range(0, rows, step))
     left_t = np.ascontiguousarray(left.T)
     weights = block.contiguous()
+    out_rows = torch.from_numpy(out)
 
     def multiply() -> None:
         if use_onednn:
@@ -427,6 +433,13 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
                 for start in starts:
                     cols = slice(start, min(start + step, rows))
                     out[:, cols] = _onednn_rows_by_queries(table[cols], weights).numpy().T
+            return
+        if queries <= DOT_PASS_MAX_QUERIES and width > WIDE_ROW_ELEMENTS:
+            with _one_openmp_thread(), torch.inference_mode():
+                for start in starts:
+                    cols = slice(start, min(start + step, rows))
+                    for i in range(queries):
+                        torch.mv(table[cols], weights[i], out=out_rows[i, cols])
             return
         # OpenBLAS writes a (rows, q) block into a buffer of this thread's, transposed into
         # place while cache-hot.

@@ -243,8 +243,13 @@ def test_blocked_kernels_equal_unblocked(monkeypatch):
         torch.testing.assert_close(score(tables, method, queries), expected)
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("num_queries", [1, 2, 5, 33])
-def test_products_shared_by_threads_block_by_block_equal_one_product(monkeypatch, num_queries):
+def test_products_shared_by_threads_block_by_block_equal_one_product(
+    monkeypatch, num_queries, wide
+):
+    # Wide: rows of 16 count as wide, so up to 4 queries take torch's matrix-vector product.
+    monkeypatch.setattr("shards.scoring.WIDE_ROW_ELEMENTS", 8 if wide else 1 << 13)
     rng = np.random.default_rng(4)
     table = torch.as_tensor(rng.normal(size=(1001, 16)), dtype=torch.float64)
     block = torch.as_tensor(rng.normal(size=(num_queries, 16)), dtype=torch.float64)
