@@ -47,6 +47,9 @@ MATVEC_BLOCK_ELEMENTS = 1 << 21
 # Tables smaller than this (4 MB in float32) are multiplied in the calling thread: handing
 # work to other threads costs more than it saves.
 PARALLEL_MATMUL_MIN_ELEMENTS = 1 << 20
+# oneDNN blocks of rows wider than WIDE_ROW_ELEMENTS hold at least this many rows where the
+# table has 2 such blocks per thread.
+ONEDNN_WIDE_MIN_ROWS = 256
 # Rows wider than this, a query row past half the L1 cache, are dotted by torch's matrix-vector
 # product (MKL): numpy's dot loop then reloads the query from L2 for every row, and read a
 # table of 131,328-wide rows at 21 GB/s on 2 cores against MKL's 31 (512-wide rows: 52).
@@ -314,9 +317,9 @@ def _fill_full_chunk(
     d = stats.dim
     covs = torch.from_numpy(stats.covs[rows].astype(np.float64))
     if "full_second" in names:
-        upper, weights = _upper_triangle(d)
-        both = (covs + covs.transpose(1, 2)).view(covs.shape[0], d * d)
-        tables["full_second"][rows] = both[:, upper] * weights
+        upper_rows, upper_cols, weights = _upper_triangle(d)
+        both = covs + covs.transpose(1, 2)
+        tables["full_second"][rows] = both[:, upper_rows, upper_cols] * weights
     if not names & {"full_whiten", "full_whiten_mean", "full_const"}:
         return
     # torch's batched Cholesky and triangular solve rather than numpy's: numpy's OpenBLAS
@@ -418,6 +421,10 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     else:
         step_elements = MATMUL_BLOCK_ELEMENTS
     step = max(1, step_elements // width)
+    if use_onednn and width > WIDE_ROW_ELEMENTS:
+        # On wide rows a block of a few rows re-reads the whole query block from memory:
+        # 32 queries over 10K rows of 131,328 took 620 ms in blocks of 15 rows, 427 in 256.
+        step = max(step, min(ONEDNN_WIDE_MIN_ROWS, -(-rows // (2 * workers))))
     # Threads take blocks from one shared sequence rather than fixed shares: on a shared VM a
     # thread can lose its core for milliseconds, and with fixed shares the product then waits
     # for its share alone (32 queries ran 1.4x faster this way on the busy 2-core machine).
@@ -601,23 +608,36 @@ def score_first_second_moment_full(t: ScoringTables, queries: torch.Tensor) -> t
     """As `score_first_second_moment` with the full covariance, from its upper triangle."""
     second = _require_full(t.full_second, "first_second_moment_full")
     unit = _unit(queries)
-    upper, _ = _upper_triangle(t.dim)
-    outer = unit[:, :, None] * unit[:, None, :]  # q̃q̃ᵀ, whose upper triangle meets Σ's
     out = _matmul_nt(unit, t.means) / t.tau
-    out += _matmul_nt(outer.view(len(unit), -1)[:, upper.to(unit.device)], second) / (2 * t.tau**2)
+    out += _matmul_nt(_upper_outer(unit), second) / (2 * t.tau**2)
     return out
 
 
+def _upper_outer(unit: torch.Tensor) -> torch.Tensor:
+    """(q, d(d + 1)/2): the upper triangle of every query's q̃q̃ᵀ, row by row.
+
+    A few queries gather both factors; more take row i of the triangle, q̃ᵢ q̃[i:], as one
+    product per row (32 queries: 5.5 ms, against 28 to gather and 31 to index the full
+    outer products).
+    """
+    d = unit.shape[1]
+    if len(unit) <= DOT_PASS_MAX_QUERIES:
+        rows, cols, _ = _upper_triangle(d)
+        device = unit.device
+        return unit.index_select(1, rows.to(device)) * unit.index_select(1, cols.to(device))
+    return torch.cat([unit[:, i : i + 1] * unit[:, i:] for i in range(d)], dim=1)
+
+
 @functools.cache
-def _upper_triangle(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions of a (dim, dim) matrix's upper triangle (row by row), and weights.
+def _upper_triangle(dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows and columns of a (dim, dim) matrix's upper triangle (row by row), and weights.
 
     The upper triangle of Σ + Σᵀ, weighted ½ on the diagonal and 1 off it, dotted with that of
     q̃q̃ᵀ is q̃ᵀΣq̃ (for any Σ; a covariance's off-diagonal entries are then simply doubled).
     """
     rows, cols = np.triu_indices(dim)
     weights = np.where(rows == cols, 0.5, 1.0)
-    return torch.from_numpy(rows * dim + cols), torch.from_numpy(weights)
+    return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(weights)
 
 
 def score_gaussian_density(t: ScoringTables, queries: torch.Tensor) -> torch.Tensor:

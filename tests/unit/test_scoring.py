@@ -267,9 +267,12 @@ def test_products_shared_by_threads_block_by_block_equal_one_product(
         set_scoring_threads(0)
 
 
+@pytest.mark.parametrize("wide_rows", [False, True])
 @pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("num_queries", [1, 3, 4, 5, 33])
-def test_float32_products_by_each_library_equal_a_float64_product(monkeypatch, onednn, num_queries):
+def test_float32_products_by_each_library_equal_a_float64_product(
+    monkeypatch, onednn, num_queries, wide_rows
+):
     if onednn and not scoring._onednn_available():
         pytest.skip("this torch has no oneDNN")
     rng = np.random.default_rng(5)
@@ -284,6 +287,10 @@ def test_float32_products_by_each_library_equal_a_float64_product(monkeypatch, o
     monkeypatch.setattr("shards.scoring.PARALLEL_MATMUL_MIN_ELEMENTS", 1)
     monkeypatch.setattr("shards.scoring.SMALL_TABLE_ELEMENTS", 1)
     monkeypatch.setattr("shards.scoring._onednn_available", lambda: onednn)
+    # Wide: rows of 48 count as wide, so oneDNN blocks hold 40 rows, not 13, and up to 4
+    # queries take torch's matrix-vector product.
+    monkeypatch.setattr("shards.scoring.WIDE_ROW_ELEMENTS", 32 if wide_rows else 1 << 13)
+    monkeypatch.setattr("shards.scoring.ONEDNN_WIDE_MIN_ROWS", 40)
     onednn_rows = []
     product = scoring._onednn_rows_by_queries
 
@@ -305,7 +312,9 @@ def test_float32_products_by_each_library_equal_a_float64_product(monkeypatch, o
     # oneDNN multiplies exactly the blocks of more than DOT_PASS_MAX_QUERIES queries.
     expect_onednn = onednn and num_queries > scoring.DOT_PASS_MAX_QUERIES
     assert sum(onednn_rows) == (1001 if expect_onednn else 0)
-    assert max(onednn_rows, default=13) <= 13
+    block_rows = 40 if wide_rows else 13
+    assert all(rows == block_rows for rows in onednn_rows[:-1])
+    assert max(onednn_rows, default=block_rows) <= block_rows
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
