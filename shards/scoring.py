@@ -467,7 +467,7 @@ def _matmul_nt(block: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     multiply()
     for done in others:
         done.result()
-    return torch.from_numpy(out)
+    return out_rows
 
 
 def _uses_onednn(block: torch.Tensor) -> bool:
@@ -695,15 +695,17 @@ def _gaussian_density_full_fused(
     32 queries x 10K models) through torch's one thread, more time than the products.
     """
     starts = range(0, t.num_models, FUSED_WHITEN_MODELS)
+    # Each band multiplies the queries' leading columns, copied contiguous once for all tasks.
+    heads = [queries[:, :last].contiguous() for _, last, _ in bands]
 
     def work(start: int) -> None:
         models = slice(start, min(start + FUSED_WHITEN_MODELS, t.num_models))
         with _one_openmp_thread(), torch.inference_mode():
             mahalanobis = torch.zeros(models.stop - models.start, len(queries), dtype=out.dtype)
-            for first, last, band in bands:
+            for (first, last, band), head in zip(bands, heads, strict=True):
                 height = last - first
                 rows = band[models.start * height : models.stop * height]
-                white = _onednn_rows_by_queries(rows, queries[:, :last].contiguous())
+                white = _onednn_rows_by_queries(rows, head)
                 white = white.view(-1, height, len(queries))
                 white -= t.full_whiten_mean[models, first:last, None]
                 mahalanobis += white.square_().sum(dim=1)
